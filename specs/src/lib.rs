@@ -1,0 +1,1 @@
+//! voidbox-spec: the spec file schema, validation with line/column errors, JSON Schema.

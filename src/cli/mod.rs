@@ -1,0 +1,1 @@
+//! The command line: clap definitions and handlers for each subcommand.

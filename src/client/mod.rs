@@ -1,0 +1,1 @@
+//! Host-side client of the guest agent: connects through the VMM vsock Unix socket, authenticates, exec/files/shutdown.

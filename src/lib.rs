@@ -1,0 +1,7 @@
+//! voidbox runtime: plan a sandbox, launch the VMM (locally or in the nested
+//! lane), drive the guest agent.
+
+pub mod cli;
+pub mod client;
+pub mod lane;
+pub mod runtime;

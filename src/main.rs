@@ -1,0 +1,3 @@
+fn main() {
+    println!("voidbox {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! The runtime: plan a sandbox from a spec, launch the VM, run the steps, collect outputs, clean up.
