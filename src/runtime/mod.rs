@@ -1,1 +1,25 @@
-//! The runtime: plan a sandbox from a spec, launch the VM, run the steps, collect outputs, clean up.
+//! The runtime: plan a sandbox from a spec, launch the VM, run the steps,
+//! collect outputs, clean up.
+//!
+//! - [`error`]: errors and the documented exit codes;
+//! - [`events`]: what a run reports (`--json` prints these);
+//! - [`rundir`]: the private run directory and console logs;
+//! - [`schedule`]: step order with `depends_on`;
+//! - [`files`]: packing inputs, unpacking outputs safely;
+//! - [`cancel`]: Ctrl-C handling.
+
+pub mod cancel;
+pub mod error;
+pub mod events;
+pub mod files;
+pub mod guest;
+pub mod interactive;
+pub mod plan;
+pub mod rundir;
+pub mod schedule;
+pub mod session;
+pub mod vm;
+pub mod workflow;
+
+pub use error::{exit_code, Error, Result};
+pub use events::{Event, EventSink, Stream};

@@ -1,0 +1,248 @@
+//! The local content-addressed store at `$VOIDBOX_HOME` (default `~/.cache/voidbox`).
+//!
+//! Layout:
+//! - `blobs/sha256/<hex>`: verified blobs (manifests, configs, layers);
+//! - `refs/<escaped name>.json`: ref → manifest digest records ([`RefRecord`]);
+//! - `disks/<manifest hex>-b<builder version>.ext4`: derived rootfs/skill disks;
+//! - `tmp/<session>/`: this process's temp files, guarded by `tmp/<session>.lock`;
+//! - `store.lock`: shared by pulls, exclusive for `prune`/`rm`; `locks/<hex>.lock`: one disk build at a time.
+//!
+//! Everything is written to a temp file in the session directory, verified, fsynced and
+//! renamed into place, so a killed process leaves only its session directory behind; the
+//! next process that opens the store removes sessions whose lock nobody holds.
+
+mod blob;
+mod gc;
+mod lock;
+mod refs;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+pub use blob::{BlobWriter, PendingBlob};
+pub use gc::{PruneReport, StoreProblem};
+pub use lock::FileLock;
+pub use refs::RefRecord;
+
+use crate::digest::Digest;
+use crate::error::{IoContext, OciError, Result};
+
+/// A handle on the store directory. Cheap to open; several handles (threads or processes)
+/// may use one directory at once.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    session: OnceLock<Session>,
+    session_init: Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Session {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: FileLock,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`, and removes temp files left by dead
+    /// processes.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        for sub in ["blobs/sha256", "refs", "disks", "tmp", "locks"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).at(&dir)?;
+        }
+        let store = Store {
+            root,
+            session: OnceLock::new(),
+            session_init: Mutex::new(()),
+        };
+        store.remove_dead_sessions()?;
+        Ok(store)
+    }
+
+    /// Opens the store at `$VOIDBOX_HOME`, or `~/.cache/voidbox`.
+    pub fn open_default() -> Result<Self> {
+        Self::open(Self::default_root()?)
+    }
+
+    /// `$VOIDBOX_HOME`, else `$XDG_CACHE_HOME/voidbox`, else `$HOME/.cache/voidbox`.
+    pub fn default_root() -> Result<PathBuf> {
+        if let Some(home) = std::env::var_os("VOIDBOX_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(home));
+        }
+        if let Some(cache) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            return Ok(PathBuf::from(cache).join("voidbox"));
+        }
+        match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => Ok(PathBuf::from(home).join(".cache/voidbox")),
+            None => Err(OciError::io(
+                "$HOME",
+                std::io::Error::other("neither VOIDBOX_HOME nor HOME is set; set VOIDBOX_HOME"),
+            )),
+        }
+    }
+
+    /// The store directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob with `digest` lives (it may not exist).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// Whether the blob is present.
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Reads a whole (small) blob and checks its digest.
+    pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        let path = self.blob_path(digest);
+        let data = std::fs::read(&path).at(&path)?;
+        digest.verify(&path.display().to_string(), &data)?;
+        Ok(data)
+    }
+
+    /// Stores `data`, checking it against `expected` when given; returns its digest.
+    pub fn put_blob_bytes(&self, data: &[u8], expected: Option<&Digest>) -> Result<Digest> {
+        let digest = Digest::of(data);
+        if let Some(expected) = expected {
+            expected.verify("blob", data)?;
+        }
+        if self.has_blob(&digest) {
+            return Ok(digest);
+        }
+        let mut writer = self.blob_writer()?;
+        std::io::Write::write_all(&mut writer, data).at(writer.temp_path())?;
+        writer.commit(Some(&digest), Some(data.len() as u64))?;
+        Ok(digest)
+    }
+
+    /// Copies the file at `path` into the store; returns its digest and size.
+    pub fn put_blob_file(&self, path: &Path) -> Result<(Digest, u64)> {
+        let mut src = std::fs::File::open(path).at(path)?;
+        let mut writer = self.blob_writer()?;
+        std::io::copy(&mut src, &mut writer).at(path)?;
+        writer.commit(None, None)
+    }
+
+    /// A writer whose content becomes a blob on [`BlobWriter::commit`].
+    pub fn blob_writer(&self) -> Result<BlobWriter<'_>> {
+        BlobWriter::new(self)
+    }
+
+    /// A fresh temp file in this process's session directory (deleted when dropped).
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile> {
+        let dir = self.session_dir()?;
+        tempfile::NamedTempFile::new_in(dir).at(dir)
+    }
+
+    /// A fresh temp directory in this process's session directory (deleted when dropped).
+    pub fn temp_dir(&self) -> Result<tempfile::TempDir> {
+        let dir = self.session_dir()?;
+        tempfile::TempDir::new_in(dir).at(dir)
+    }
+
+    /// Shared lock held while an image is being pulled or used; `prune`/`rm` take it exclusive.
+    pub fn lock_shared(&self) -> Result<FileLock> {
+        FileLock::shared(&self.root.join("store.lock"))
+    }
+
+    /// Exclusive store lock for garbage collection.
+    pub fn lock_exclusive(&self) -> Result<FileLock> {
+        FileLock::exclusive(&self.root.join("store.lock"))
+    }
+
+    /// Exclusive lock on one named derived artifact (e.g. a disk build).
+    pub fn lock_artifact(&self, name: &str) -> Result<FileLock> {
+        FileLock::exclusive(&self.root.join("locks").join(format!("{name}.lock")))
+    }
+
+    /// Renames `from` to `to` and makes the rename durable.
+    pub(crate) fn durable_rename(from: &Path, to: &Path) -> Result<()> {
+        std::fs::rename(from, to).at(to)?;
+        if let Some(parent) = to.parent() {
+            if let Ok(dir) = std::fs::File::open(parent) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(())
+    }
+
+    fn session_dir(&self) -> Result<&Path> {
+        if let Some(s) = self.session.get() {
+            return Ok(&s.dir);
+        }
+        let _guard = self.session_init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = self.session.get() {
+            return Ok(&s.dir);
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "{}-{}-{}",
+            std::process::id(),
+            nanos,
+            SESSION_COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let tmp = self.root.join("tmp");
+        let lock_path = tmp.join(format!("{name}.lock"));
+        // Lock first, then create the directory: a cleaner that locks the name sees no
+        // directory yet or sees it locked.
+        let lock = FileLock::exclusive(&lock_path)?;
+        let dir = tmp.join(&name);
+        std::fs::create_dir(&dir).at(&dir)?;
+        let session = Session {
+            dir,
+            lock_path,
+            _lock: lock,
+        };
+        let _ = self.session.set(session);
+        Ok(&self.session.get().expect("session just set").dir)
+    }
+
+    /// Removes session directories of processes that are gone (their lock is free).
+    fn remove_dead_sessions(&self) -> Result<()> {
+        let tmp = self.root.join("tmp");
+        for entry in std::fs::read_dir(&tmp).at(&tmp)? {
+            let entry = entry.at(&tmp)?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(session) = name.strip_suffix(".lock") else {
+                // A directory without its lock file: its owner died between the two
+                // removals in Session::drop, or is being created right now (lock exists
+                // first), so only remove it when no lock file exists.
+                let path = entry.path();
+                if !tmp.join(format!("{name}.lock")).exists() && path.is_dir() {
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+                continue;
+            };
+            let lock_path = entry.path();
+            if let Some(_held) = FileLock::try_exclusive(&lock_path)? {
+                let dir = tmp.join(session);
+                if dir.exists() {
+                    tracing::info!(dir = %dir.display(), "removing temp files of a dead voidbox process");
+                    std::fs::remove_dir_all(&dir).at(&dir)?;
+                }
+                let _ = std::fs::remove_file(&lock_path);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! Layer safety and the ext4 writer without a registry: malicious layers, device nodes,
+//! and an unprivileged build.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use tar::EntryType;
+use voidbox_oci::unpack::{Tree, UnpackLimits};
+use voidbox_oci::writer::{write_image, ImageSettings, LayerBlob};
+use voidbox_oci::{ensure_disk, OciError, Store};
+
+/// Builds a one-layer image from `tar` and tries to make its disk.
+fn disk_of(
+    store: &Store,
+    tar: Vec<u8>,
+    limits: UnpackLimits,
+) -> (voidbox_oci::Result<std::path::PathBuf>, String) {
+    let layer = LayerBlob::from_tar_bytes(store, &tar).unwrap();
+    let manifest = write_image(
+        store,
+        &ImageSettings::default(),
+        std::slice::from_ref(&layer),
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    let result = ensure_disk(store, &manifest, limits);
+    if result.is_err() {
+        assert!(
+            !store.disk_path(&manifest).exists(),
+            "a disk was left for a rejected image"
+        );
+    }
+    (result, layer.digest.to_string())
+}
+
+fn assert_unsafe(
+    result: voidbox_oci::Result<std::path::PathBuf>,
+    layer: &str,
+    entry: &str,
+    why: &str,
+) {
+    match result {
+        Err(OciError::UnsafeEntry {
+            layer: l,
+            entry: e,
+            reason,
+        }) => {
+            assert_eq!(l, layer);
+            assert_eq!(e, entry);
+            assert!(
+                reason.contains(why),
+                "reason {reason:?} should mention {why:?}"
+            );
+            let text = OciError::UnsafeEntry {
+                layer: l,
+                entry: e,
+                reason,
+            }
+            .to_string();
+            assert!(text.contains(layer) && text.contains(entry), "{text}");
+        }
+        other => panic!("expected UnsafeEntry for {entry}, got {other:?}"),
+    }
+}
+
+#[test]
+fn malicious_layers_are_rejected() {
+    let home = tempfile::tempdir().unwrap();
+    let store = Store::open(home.path()).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let outside_dir = outside.path().display().to_string();
+    let limits = UnpackLimits::default();
+
+    // Path traversal and absolute paths.
+    let mut t = RawTar::default();
+    t.file("ok", 0o644, 0, b"x")
+        .file("a/../../../../escape", 0o644, 0, b"pwned");
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    assert_unsafe(r, &layer, "a/../../../../escape", "..");
+    let mut t = RawTar::default();
+    t.file(&format!("{outside_dir}/abs"), 0o644, 0, b"pwned");
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    assert_unsafe(r, &layer, &format!("{outside_dir}/abs"), "absolute");
+
+    // A symlink to outside, then a file through it (absolute and relative targets).
+    for (target, name) in [
+        (outside_dir.as_str(), "abs-link"),
+        ("../../../../../../", "rel-link"),
+    ] {
+        let mut t = RawTar::default();
+        t.symlink(name, target)
+            .file(&format!("{name}/pwned"), 0o644, 0, b"pwned");
+        let (r, layer) = disk_of(&store, t.finish(), limits);
+        assert_unsafe(r, &layer, &format!("{name}/pwned"), "symlink");
+    }
+    // The same with the symlink in an earlier layer.
+    let mut t1 = RawTar::default();
+    t1.symlink("etc", outside_dir.as_str());
+    let mut t2 = RawTar::default();
+    t2.file("etc/pwned", 0o644, 0, b"pwned");
+    let l1 = LayerBlob::from_tar_bytes(&store, &t1.finish()).unwrap();
+    let l2 = LayerBlob::from_tar_bytes(&store, &t2.finish()).unwrap();
+    let m = write_image(
+        &store,
+        &ImageSettings::default(),
+        &[l1, l2.clone()],
+        &BTreeMap::new(),
+    )
+    .unwrap();
+    assert_unsafe(
+        ensure_disk(&store, &m, limits),
+        &l2.digest.to_string(),
+        "etc/pwned",
+        "symlink",
+    );
+
+    // Hardlinks to outside the image.
+    for (target, why) in [
+        ("../../../../etc/passwd", ".."),
+        ("/etc/passwd", "absolute"),
+        ("missing", "does not exist"),
+    ] {
+        let mut t = RawTar::default();
+        t.hardlink("h", target);
+        let (r, layer) = disk_of(&store, t.finish(), limits);
+        assert_unsafe(r, &layer, "h", why);
+    }
+    let mut t = RawTar::default();
+    t.symlink("lnk", "/etc").hardlink("h", "lnk/passwd");
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    assert_unsafe(r, &layer, "h", "symlink");
+
+    // Huge claims: a sparse file of 1 TiB and a plain header claiming 1 TiB.
+    let mut t = RawTar::default();
+    t.sparse("sparse", 1 << 40);
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    match r {
+        Err(OciError::SizeCapExceeded {
+            layer: l, entry, ..
+        }) => assert_eq!((l, entry.as_str()), (layer, "sparse")),
+        other => panic!("sparse claim not rejected: {other:?}"),
+    }
+    let small = UnpackLimits {
+        max_total_bytes: 1000,
+        max_entries: 100,
+    };
+    let mut t = RawTar::default();
+    t.file("a", 0o644, 0, &[1u8; 600])
+        .file("b", 0o644, 0, &[2u8; 600]);
+    let (r, _) = disk_of(&store, t.finish(), small);
+    assert!(
+        matches!(r, Err(OciError::SizeCapExceeded { ref entry, .. }) if entry == "b"),
+        "{r:?}"
+    );
+
+    // Malformed whiteout.
+    let mut t = RawTar::default();
+    t.file(".wh..", 0o644, 0, b"");
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    assert_unsafe(r, &layer, ".wh..", "whiteout");
+
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "something escaped"
+    );
+    assert!(!Path::new("/escape").exists());
+    assert_store_consistent(&store);
+    drop(store);
+    assert_eq!(
+        std::fs::read_dir(home.path().join("tmp")).unwrap().count(),
+        0,
+        "temp files left behind"
+    );
+    assert_eq!(
+        std::fs::read_dir(home.path().join("disks"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn device_nodes_are_recorded_not_created_on_host() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let mut t = RawTar::default();
+    t.entry(RawEntry {
+        name: b"dev/sda",
+        kind: EntryType::Block,
+        mode: 0o660,
+        gid: 6,
+        dev: (8, 0),
+        ..Default::default()
+    })
+    .entry(RawEntry {
+        name: b"dev/null",
+        kind: EntryType::Char,
+        mode: 0o666,
+        dev: (1, 3),
+        ..Default::default()
+    })
+    .entry(RawEntry {
+        name: b"fifo",
+        kind: EntryType::Fifo,
+        mode: 0o644,
+        ..Default::default()
+    });
+    let mut tree = Tree::new(&root, UnpackLimits::default());
+    tree.apply_layer("test-layer", std::io::Cursor::new(t.finish()), None)
+        .unwrap();
+    for name in ["dev/sda", "dev/null", "fifo"] {
+        assert!(
+            std::fs::symlink_metadata(root.join(name)).is_err(),
+            "{name} was created on the host"
+        );
+    }
+    let image = work.path().join("disk.ext4");
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    voidbox_oci::ext4::build_ext4(&tree, &image, &scratch).unwrap();
+    assert_fsck_clean(&image);
+    let listing = ext4_listing(&image);
+    assert_eq!(listing["/dev/sda"].mode, 0o060660);
+    assert_eq!(listing["/dev/sda"].gid, 6);
+    assert_eq!(listing["/dev/null"].mode, 0o020666);
+    assert_eq!(listing["/fifo"].mode, 0o010644);
+}
+
+const UNPRIV_ENV: &str = "VOIDBOX_TEST_UNPRIVILEGED_HOME";
+
+/// Runs as `nobody` when re-executed by [`unprivileged_build_is_identical`].
+#[test]
+fn unprivileged_child() {
+    let Ok(home) = std::env::var(UNPRIV_ENV) else {
+        return;
+    };
+    assert_ne!(unsafe { libc::geteuid() }, 0, "child must not be root");
+    let store = Store::open(&home).unwrap();
+    let manifest = rich_image(&store, "unprivileged");
+    ensure_disk(&store, &manifest, UnpackLimits::default()).unwrap();
+}
+
+#[test]
+fn unprivileged_build_is_identical() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipping: needs root to switch to nobody (this run is already unprivileged)");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        work.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let exe = work.path().join("test-bin");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    let home = work.path().join("home");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "unprivileged_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIV_ENV, &home)
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "unprivileged build failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let disks: Vec<_> = std::fs::read_dir(home.join("disks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(disks.len(), 1);
+    let meta = std::fs::metadata(&disks[0]).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        65534,
+        "the disk was not built by nobody"
+    );
+    check_rich_disk(&disks[0], "unprivileged");
+}

@@ -1,0 +1,291 @@
+//! Host side of outputs: unpacking what the guest sends back so that nothing
+//! is ever written outside the output's host directory (no `..`, no absolute
+//! paths, no writing through symlinks, no links pointing out).
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use super::error::{Error, Result};
+
+/// A relative path made of normal components only, or an error naming it.
+fn clean_relative(path: &Path, what: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(Error::Host(format!(
+                    "{what}: entry `{}` would be written outside its host directory; it was refused",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Makes sure every directory from `root` down to `rel`'s parent exists and is
+/// a real directory (not a symlink), creating missing ones.
+fn ensure_parents(root: &Path, rel: &Path, what: &str) -> Result<()> {
+    let mut cur = root.to_path_buf();
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    for c in parent.components() {
+        cur.push(c);
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Host(format!(
+                    "{what}: `{}` goes through a non-directory or a symlink; it was refused",
+                    rel.display()
+                )))
+            }
+            Err(_) => fs::create_dir(&cur)
+                .map_err(|e| Error::host(format!("cannot create {}", cur.display()), e))?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file or symlink at `path` (not a directory), if any.
+fn remove_non_dir(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() => Err(Error::Host(format!(
+            "cannot replace directory {} with a file",
+            path.display()
+        ))),
+        Ok(_) => fs::remove_file(path)
+            .map_err(|e| Error::host(format!("cannot replace {}", path.display()), e)),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Whether a symlink at `rel` with `target` stays inside the root, lexically.
+fn link_stays_inside(rel: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = rel.parent().map_or(0, |p| p.components().count() as i64);
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Unpacks a tar stream from the guest into `dest` (created if missing).
+/// `what` names the output in errors. Returns the bytes of file data written.
+pub fn unpack_into(reader: impl Read, dest: &Path, what: &str) -> Result<u64> {
+    fs::create_dir_all(dest)
+        .map_err(|e| Error::host(format!("cannot create {}", dest.display()), e))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::host(format!("{what}: bad archive from the guest"), e))?;
+    for entry in entries {
+        let mut entry =
+            entry.map_err(|e| Error::host(format!("{what}: bad archive from the guest"), e))?;
+        let raw = entry
+            .path()
+            .map_err(|e| Error::host(format!("{what}: bad entry name"), e))?
+            .into_owned();
+        let rel = clean_relative(&raw, what)?;
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        ensure_parents(dest, &rel, what)?;
+        let target = dest.join(&rel);
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        if kind.is_dir() {
+            match fs::symlink_metadata(&target) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::Host(format!(
+                        "{what}: `{}` exists on the host and is not a directory",
+                        rel.display()
+                    )))
+                }
+                Err(_) => fs::create_dir(&target)
+                    .map_err(|e| Error::host(format!("cannot create {}", target.display()), e))?,
+            }
+            let _ = fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700));
+        } else if kind.is_file() {
+            remove_non_dir(&target)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&target)
+                .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
+            total += std::io::copy(&mut entry, &mut file)
+                .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
+            file.flush()
+                .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
+        } else if kind.is_symlink() {
+            let link = entry
+                .link_name()
+                .map_err(|e| Error::host(format!("{what}: bad link"), e))?
+                .ok_or_else(|| Error::Host(format!("{what}: symlink without a target")))?
+                .into_owned();
+            if !link_stays_inside(&rel, &link) {
+                return Err(Error::Host(format!(
+                    "{what}: symlink `{}` -> `{}` points outside its host directory; it was refused",
+                    rel.display(),
+                    link.display()
+                )));
+            }
+            remove_non_dir(&target)?;
+            std::os::unix::fs::symlink(&link, &target)
+                .map_err(|e| Error::host(format!("cannot create {}", target.display()), e))?;
+        } else if kind.is_hard_link() {
+            let link = entry
+                .link_name()
+                .map_err(|e| Error::host(format!("{what}: bad link"), e))?
+                .ok_or_else(|| Error::Host(format!("{what}: hard link without a target")))?;
+            let src_rel = clean_relative(&link, what)?;
+            let src = dest.join(&src_rel);
+            ensure_parents(dest, &src_rel, what)?;
+            match fs::symlink_metadata(&src) {
+                Ok(m) if m.file_type().is_file() => {}
+                _ => {
+                    return Err(Error::Host(format!(
+                        "{what}: hard link `{}` must point at a file unpacked before it",
+                        rel.display()
+                    )))
+                }
+            }
+            remove_non_dir(&target)?;
+            fs::hard_link(&src, &target)
+                .map_err(|e| Error::host(format!("cannot link {}", target.display()), e))?;
+        } else {
+            tracing::warn!(entry = %rel.display(), "{what}: skipping a special file");
+        }
+    }
+    Ok(total)
+}
+
+/// Writes one file from the guest as `dest/<name>`.
+pub fn write_file_into(data: &[u8], dest: &Path, name: &str, mode: u32) -> Result<u64> {
+    let rel = clean_relative(Path::new(name), name)?;
+    if rel.components().count() != 1 {
+        return Err(Error::Host(format!("bad output file name `{name}`")));
+    }
+    fs::create_dir_all(dest)
+        .map_err(|e| Error::host(format!("cannot create {}", dest.display()), e))?;
+    let target = dest.join(rel);
+    remove_non_dir(&target)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode & 0o777)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
+    file.write_all(data)
+        .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
+    Ok(data.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tar with raw (unchecked) names, the way a hostile guest could.
+    fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, kind, link, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            {
+                let gnu = h.as_gnu_mut().unwrap();
+                gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+            }
+            h.set_entry_type(*kind);
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            if !link.is_empty() {
+                h.as_gnu_mut().unwrap().linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn round_trip_of_a_directory() {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir(src.path().join("sub")).unwrap();
+        fs::write(src.path().join("sub/a.txt"), b"hello").unwrap();
+        std::os::unix::fs::symlink("sub/a.txt", src.path().join("link")).unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.append_dir_all(".", src.path()).unwrap();
+        let tar = b.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        let out = dest.path().join("out");
+        assert_eq!(unpack_into(&tar[..], &out, "t").unwrap(), 5);
+        assert_eq!(fs::read(out.join("sub/a.txt")).unwrap(), b"hello");
+        assert_eq!(fs::read(out.join("link")).unwrap(), b"hello");
+        // Unpacking again over the same directory replaces files.
+        unpack_into(&tar[..], &out, "t").unwrap();
+    }
+
+    #[test]
+    fn escapes_are_refused() {
+        use tar::EntryType::*;
+        let cases: Vec<Vec<u8>> = vec![
+            raw_tar(&[("../evil", Regular, "", b"x")]),
+            raw_tar(&[("/abs", Regular, "", b"x")]),
+            raw_tar(&[("a/../../evil", Regular, "", b"x")]),
+            raw_tar(&[("l", Symlink, "/etc", b""), ("l/passwd", Regular, "", b"x")]),
+            raw_tar(&[("l", Symlink, "../..", b"")]),
+            raw_tar(&[("h", Link, "../outside", b"")]),
+        ];
+        let outer = tempfile::tempdir().unwrap();
+        for (i, tar) in cases.iter().enumerate() {
+            let dest = outer.path().join(format!("d{i}"));
+            let err = unpack_into(&tar[..], &dest, "output /work/out").unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains("output /work/out"), "{msg}");
+            assert!(msg.contains("refused") || msg.contains("must point"), "case {i}: {msg}");
+        }
+        assert!(!outer.path().join("evil").exists());
+        assert_eq!(fs::read_dir(outer.path()).unwrap().count(), cases.len());
+    }
+
+    #[test]
+    fn a_planted_symlink_on_the_host_is_not_followed() {
+        let outer = tempfile::tempdir().unwrap();
+        let dest = outer.path().join("out");
+        fs::create_dir(&dest).unwrap();
+        let victim = outer.path().join("victim");
+        fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, dest.join("f")).unwrap();
+        let tar = raw_tar(&[("f", tar::EntryType::Regular, "", b"new")]);
+        unpack_into(&tar[..], &dest, "t").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(dest.join("f")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn single_file_output() {
+        let d = tempfile::tempdir().unwrap();
+        write_file_into(b"abc", d.path(), "r.txt", 0o640).unwrap();
+        assert_eq!(fs::read(d.path().join("r.txt")).unwrap(), b"abc");
+        assert!(write_file_into(b"x", d.path(), "../x", 0o644).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! The private per-run directory (mode 0700): VMM config, boot data, the
+//! vsock socket. Removed when dropped, whatever happened.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result};
+
+/// Where voidbox keeps its state: `$VOIDBOX_HOME`, default `~/.cache/voidbox`.
+pub fn voidbox_home() -> PathBuf {
+    if let Some(home) = std::env::var_os("VOIDBOX_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("voidbox")
+}
+
+/// A run directory; deleted on drop.
+#[derive(Debug)]
+pub struct RunDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// Creates `<home>/run/<name>-XXXXXX` with mode 0700.
+    pub fn create(home: &Path, name: &str) -> Result<Self> {
+        let parent = home.join("run");
+        fs::create_dir_all(&parent)
+            .map_err(|e| Error::host(format!("cannot create {}", parent.display()), e))?;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&parent)
+            .map_err(|e| Error::host(format!("cannot create a run directory in {}", parent.display()), e))?;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::host("cannot make the run directory private", e))?;
+        let path = dir.path().to_path_buf();
+        Ok(RunDir { dir: Some(dir), path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes it now, reporting failures (drop ignores them).
+    pub fn remove(mut self) -> Result<()> {
+        if let Some(dir) = self.dir.take() {
+            dir.close()
+                .map_err(|e| Error::host(format!("cannot remove {}", self.path.display()), e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Console logs live outside the run directory so that a boot error can
+/// point at one after the run directory is gone: `<home>/logs/NAME-TIME.console.log`.
+/// Only the newest [`KEEP_LOGS`] are kept.
+pub fn console_log_path(home: &Path, name: &str) -> Result<PathBuf> {
+    let dir = home.join("logs");
+    fs::create_dir_all(&dir)
+        .map_err(|e| Error::host(format!("cannot create {}", dir.display()), e))?;
+    prune_logs(&dir);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Ok(dir.join(format!(
+        "{name}-{}-{:09}-{}.console.log",
+        now.as_secs(),
+        now.subsec_nanos(),
+        std::process::id()
+    )))
+}
+
+/// How many console logs to keep.
+pub const KEEP_LOGS: usize = 20;
+
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut logs: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".console.log"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if logs.len() < KEEP_LOGS {
+        return;
+    }
+    logs.sort();
+    for (_, path) in &logs[..logs.len() + 1 - KEEP_LOGS] {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// The last `n` lines of a console log (for boot errors).
+pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(bytes) = fs::read(path) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dir_is_private_and_removed() {
+        let home = tempfile::tempdir().unwrap();
+        let rd = RunDir::create(home.path(), "t").unwrap();
+        let mode = fs::metadata(rd.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let p = rd.path().to_path_buf();
+        fs::write(p.join("x"), b"1").unwrap();
+        drop(rd);
+        assert!(!p.exists());
+        let rd = RunDir::create(home.path(), "t").unwrap();
+        let p = rd.path().to_path_buf();
+        rd.remove().unwrap();
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn logs_are_pruned_and_tailed() {
+        let home = tempfile::tempdir().unwrap();
+        for i in 0..KEEP_LOGS + 5 {
+            let p = console_log_path(home.path(), "n").unwrap();
+            fs::write(&p, format!("line a\n\nline {i}\n")).unwrap();
+        }
+        let count = fs::read_dir(home.path().join("logs")).unwrap().count();
+        assert!(count <= KEEP_LOGS, "{count}");
+        let p = console_log_path(home.path(), "n").unwrap();
+        fs::write(&p, "1\n2\n3\n").unwrap();
+        assert_eq!(log_tail(&p, 2), ["2", "3"]);
+    }
+}

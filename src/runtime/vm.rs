@@ -1,0 +1,482 @@
+//! Starting and stopping the VM of a plan: boot data and VMM config in the
+//! run directory, `voidbox-vmm` as a local child (hardware KVM) or inside the
+//! nested lane (otherwise), and the authenticated agent connection (direct
+//! vsock socket, or relayed over the lane's virtio-serial port).
+
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use voidbox_guest_agent::boot_data::{BootData, Clock, DiskMount};
+use voidbox_guest_agent::protocol::UserSpec;
+use voidbox_vmm::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
+
+use super::cancel::{Cancel, HookGuard};
+use super::error::{Error, Result};
+use super::plan::Plan;
+use super::rundir::{console_log_path, log_tail, RunDir};
+use crate::client::{Client, ClientError, Secret, VSOCK_PORT};
+use crate::lane::{detect_host_kvm, CommandSpec, HostKvm, Lane, LaneConfig, LaneProcess};
+
+/// Kernel command line of every guest. `initcall_blacklist=cmos_init` and
+/// `pci=off` skip probes that are slow under nesting and useless here.
+pub const CMDLINE: &str = "console=ttyS0 reboot=k quiet initcall_blacklist=cmos_init pci=off";
+
+/// Console lines shown with a boot error.
+const TAIL_LINES: usize = 20;
+
+/// How to launch.
+#[derive(Debug, Clone)]
+pub struct LaunchOptions {
+    /// Refuse the nested lane (fail with the reason instead).
+    pub no_nested: bool,
+    /// Limit for launch → authenticated agent (lane start included).
+    pub boot_timeout: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        let secs = std::env::var("VOIDBOX_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(180);
+        LaunchOptions {
+            no_nested: false,
+            boot_timeout: Duration::from_secs(secs),
+        }
+    }
+}
+
+/// Where the VM runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchMode {
+    /// Local child on hardware KVM.
+    Local,
+    /// Inside the nested lane, for this reason.
+    NestedLane(String),
+}
+
+impl LaunchMode {
+    /// `local` or `nested-lane`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LaunchMode::Local => "local",
+            LaunchMode::NestedLane(_) => "nested-lane",
+        }
+    }
+}
+
+/// Decides how to launch; with `no_nested` on a host that needs the lane,
+/// fails with the explanation.
+pub fn choose_launch(opts: &LaunchOptions) -> Result<LaunchMode> {
+    let forced = std::env::var_os("VOIDBOX_FORCE_LANE").is_some_and(|v| v == "1");
+    match detect_host_kvm() {
+        HostKvm::Hardware if !forced => Ok(LaunchMode::Local),
+        HostKvm::Hardware => Ok(LaunchMode::NestedLane("VOIDBOX_FORCE_LANE=1".into())),
+        HostKvm::Unusable(reason) if opts.no_nested => Err(Error::Launch(format!(
+            "{reason}, and --no-nested turned the nested lane off; {}",
+            lane_advice()
+        ))),
+        HostKvm::Unusable(reason) => Ok(LaunchMode::NestedLane(reason)),
+    }
+}
+
+fn lane_advice() -> &'static str {
+    "to boot VMs directly use a host with hardware KVM (vmx/svm), or point `sandbox.kernel` and `sandbox.initramfs` at a PVM-enabled guest kernel and a matching initramfs (untested)"
+}
+
+/// The once-per-run notice about the nested lane.
+pub fn lane_notice(reason: &str) -> String {
+    format!(
+        "voidbox: {reason}; running the VM inside the nested lane (QEMU TCG + KVM, slower to start). {}; --no-nested turns the lane off.",
+        capitalize(lane_advice())
+    )
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+        .unwrap_or_default()
+}
+
+/// The `voidbox-vmm` binary: `$VOIDBOX_VMM`, next to this executable, or on PATH.
+pub fn find_vmm() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("VOIDBOX_VMM").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("voidbox-vmm"));
+            // Test binaries live in target/<profile>/deps/.
+            if let Some(up) = dir.parent() {
+                candidates.push(up.join("voidbox-vmm"));
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("voidbox-vmm")));
+    }
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        Error::Launch(
+            "voidbox-vmm was not found next to voidbox or on PATH; build it with `cargo build -p voidbox-vmm` (or set VOIDBOX_VMM)".into(),
+        )
+    })
+}
+
+/// This executable, for the lane's L2 side (`voidbox lane-l2 ...`).
+fn self_exe() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("VOIDBOX_BIN").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| Error::host("cannot find the voidbox binary", e))?;
+    // Under `cargo test` the current exe is a test harness: use the built CLI.
+    if exe.file_name().is_some_and(|n| n == "voidbox") {
+        return Ok(exe);
+    }
+    let candidates = [exe.parent().map(|d| d.join("voidbox")), exe.parent().and_then(Path::parent).map(|d| d.join("voidbox"))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Launch("the voidbox binary was not found for the nested lane; build it (`cargo build`) or set VOIDBOX_BIN".into()))
+}
+
+fn user_spec(plan: &Plan) -> UserSpec {
+    let (uid, gid) = plan.user_ids();
+    UserSpec { uid, gid }
+}
+
+/// The boot data of a plan.
+pub fn boot_data(plan: &Plan, secret: &Secret) -> BootData {
+    let mut data = BootData::new(secret);
+    data.allow_commands = plan.allow_commands.clone();
+    data.disks.base_serial = plan.rootfs.as_ref().map(|r| r.serial.clone());
+    data.disks.skills = plan
+        .skills
+        .iter()
+        .map(|s| DiskMount {
+            serial: s.image.serial.clone(),
+            path: s.mount.clone(),
+            fstype: "ext4".into(),
+        })
+        .collect();
+    data.user = user_spec(plan);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    data.clock = Some(Clock {
+        unix_secs: now.as_secs() as i64,
+        nanos: now.subsec_nanos(),
+    });
+    data.hostname = Some(plan.name.clone());
+    data
+}
+
+/// The VMM configuration of a plan.
+pub fn vm_config(plan: &Plan, boot_archive: &Path, vsock_uds: &Path, console: &Path) -> VmConfig {
+    let mut cfg = VmConfig::new(&plan.guest.kernel);
+    cfg.initrds = vec![plan.guest.initramfs.clone(), boot_archive.to_path_buf()];
+    cfg.cmdline = CMDLINE.to_string();
+    cfg.mem_mib = plan.memory_mb;
+    cfg.vcpus = plan.vcpus.min(u32::from(u8::MAX)) as u8;
+    let disks = plan
+        .rootfs
+        .iter()
+        .chain(plan.skills.iter().map(|s| &s.image));
+    cfg.disks = disks
+        .map(|d| DiskConfig {
+            path: d.disk.clone(),
+            read_only: true,
+            serial: Some(d.serial.clone()),
+        })
+        .collect();
+    cfg.vsock = Some(VsockConfig {
+        uds_path: vsock_uds.to_path_buf(),
+        guest_cid: voidbox_vmm::config::DEFAULT_GUEST_CID,
+    });
+    cfg.serial = SerialOutput::File(console.to_path_buf());
+    cfg
+}
+
+fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))?;
+    f.write_all(data)
+        .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))
+}
+
+enum Vmm {
+    Local(Child),
+    Lane {
+        // Field order = drop order: processes before the lane that carries them.
+        relay: LaneProcess,
+        vmm: LaneProcess,
+        _lane: Box<Lane>,
+    },
+}
+
+/// A booted VM with an authenticated agent connection. Dropping it stops
+/// the VM and removes the run directory.
+pub struct Vm {
+    client: Option<Client>,
+    vmm: Option<Vmm>,
+    run_dir: Option<RunDir>,
+    console: PathBuf,
+    vmm_stderr: PathBuf,
+    _cancel_hook: Option<HookGuard>,
+    /// Time from launch to the authenticated connection.
+    pub boot_time: Duration,
+}
+
+impl Vm {
+    /// Boots the plan's VM and connects to its agent.
+    pub fn start(
+        plan: &Plan,
+        home: &Path,
+        mode: &LaunchMode,
+        opts: &LaunchOptions,
+        cancel: &Cancel,
+    ) -> Result<Vm> {
+        let started = Instant::now();
+        let run_dir = RunDir::create(home, &plan.name)?;
+        let console = console_log_path(home, &plan.name)?;
+        let secret = Secret::generate();
+        let boot_archive = run_dir.path().join("boot.cpio");
+        write_private(&boot_archive, &boot_data(plan, &secret).to_newc_archive())?;
+        let vmm_bin = find_vmm()?;
+        let vmm_stderr = run_dir.path().join("vmm.stderr");
+        let mut vm = Vm {
+            client: None,
+            vmm: None,
+            run_dir: Some(run_dir),
+            console: console.clone(),
+            vmm_stderr: vmm_stderr.clone(),
+            _cancel_hook: None,
+            boot_time: Duration::ZERO,
+        };
+        let run_path = vm.run_path().to_path_buf();
+        let deadline = started + opts.boot_timeout;
+        match mode {
+            LaunchMode::Local => {
+                let uds = run_path.join("vsock.sock");
+                let cfg = vm_config(plan, &boot_archive, &uds, &console);
+                let cfg_path = run_path.join("vm.json");
+                write_private(&cfg_path, &serde_json::to_vec_pretty(&cfg).expect("config serializes"))?;
+                let stderr = fs::File::create(&vmm_stderr)
+                    .map_err(|e| Error::host("cannot create the VMM log", e))?;
+                let mut cmd = Command::new(&vmm_bin);
+                cmd.arg("--config")
+                    .arg(&cfg_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr)
+                    .process_group(0);
+                let child = cmd.spawn().map_err(|e| {
+                    Error::Launch(format!("cannot start {}: {e}", vmm_bin.display()))
+                })?;
+                let pid = child.id() as i32;
+                vm._cancel_hook = Some(cancel.on_cancel(move || {
+                    // SAFETY: kill(2) on our own child's process group; no memory effects.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }));
+                vm.vmm = Some(Vmm::Local(child));
+                vm.connect_local(&uds, &secret, deadline, cancel)?;
+            }
+            LaunchMode::NestedLane(_) => {
+                let mut cfg = LaneConfig::new(vec![self_exe()?.display().to_string(), "lane-l2".into()]);
+                cfg.shared_dirs = vec![run_path.clone(), console.parent().unwrap_or(home).to_path_buf()];
+                cfg.mem_mib = (plan.memory_mb + 768).max(1536);
+                cfg.smp = plan.vcpus.clamp(1, 2);
+                cfg.start_timeout = opts.boot_timeout;
+                let lane = Lane::start(cfg).map_err(|e| Error::Launch(format!("the nested lane did not start: {e}")))?;
+                if cancel.is_cancelled() {
+                    return Err(Error::Interrupted);
+                }
+                // Unix sockets cannot live on the 9p share: the VMM's goes in L2's /run.
+                let name = run_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let l2_uds = PathBuf::from(format!("/run/{name}.vsock"));
+                let cfg = vm_config(plan, &boot_archive, &l2_uds, &console);
+                let cfg_path = run_path.join("vm.json");
+                write_private(&cfg_path, &serde_json::to_vec_pretty(&cfg).expect("config serializes"))?;
+                let vmm = lane
+                    .spawn(&CommandSpec::new([vmm_bin.display().to_string(), "--config".into(), cfg_path.display().to_string()]))
+                    .map_err(|e| Error::Launch(format!("cannot start the VMM in the nested lane: {e}")))?;
+                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+                let relay = lane
+                    .start_relay(0, &l2_uds, VSOCK_PORT, left)
+                    .map_err(|e| Error::Launch(format!("cannot start the vsock relay: {e}")))?;
+                let relay_sock = lane.relay_socket(0);
+                vm.vmm = Some(Vmm::Lane { relay, vmm, _lane: Box::new(lane) });
+                vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
+            }
+        }
+        vm.boot_time = started.elapsed();
+        Ok(vm)
+    }
+
+    fn run_path(&self) -> &Path {
+        self.run_dir.as_ref().expect("present until drop").path()
+    }
+
+    /// The authenticated agent connection.
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("connected in start")
+    }
+
+    /// The console log.
+    pub fn console_log(&self) -> &Path {
+        &self.console
+    }
+
+    /// A boot error naming the console log and showing its last lines.
+    pub fn boot_error(&self, message: impl Into<String>) -> Error {
+        let mut message = message.into();
+        if let Ok(stderr) = fs::read_to_string(&self.vmm_stderr) {
+            let stderr = stderr.trim();
+            if !stderr.is_empty() {
+                message.push_str(&format!("\n  voidbox-vmm: {}", stderr.lines().last().unwrap_or_default()));
+            }
+        }
+        Error::Boot {
+            message,
+            log: self.console.clone(),
+            tail: log_tail(&self.console, TAIL_LINES),
+        }
+    }
+
+    /// Whether the VMM has exited, and how.
+    fn vmm_exited(&mut self) -> Option<String> {
+        match self.vmm.as_mut()? {
+            Vmm::Local(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.to_string()),
+                _ => None,
+            },
+            Vmm::Lane { vmm, .. } => match vmm.try_wait() {
+                Ok(Some(info)) => Some(info.to_string()),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            },
+        }
+    }
+
+    fn connect_local(&mut self, uds: &Path, secret: &Secret, deadline: Instant, cancel: &Cancel) -> Result<()> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Interrupted);
+            }
+            if let Some(status) = self.vmm_exited() {
+                return Err(self.boot_error(format!("the VM stopped before its agent answered ({status})")));
+            }
+            match Client::connect_vsock(uds, secret, Duration::from_millis(500)) {
+                Ok(client) => {
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                Err(e @ ClientError::Auth(_)) => {
+                    return Err(self.boot_error(format!("the guest agent did not authenticate: {e}")))
+                }
+                Err(e) => {
+                    if Instant::now() >= deadline {
+                        return Err(self.boot_error(format!("the guest agent did not answer in time ({e})")));
+                    }
+                }
+            }
+        }
+    }
+
+    fn connect_lane(&mut self, sock: &Path, secret: &Secret, deadline: Instant, cancel: &Cancel) -> Result<()> {
+        let stream = loop {
+            match std::os::unix::net::UnixStream::connect(sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(self.boot_error(format!("cannot reach the lane relay {}: {e}", sock.display())))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let secret = secret.clone();
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(Client::over(Box::new(stream), &secret, left));
+        });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Ok(client)) => {
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(self.boot_error(format!("the guest agent did not answer ({e})"))),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.boot_error("the agent connection thread ended"))
+                }
+            }
+            if cancel.is_cancelled() {
+                self.kill();
+                return Err(Error::Interrupted);
+            }
+            if let Some(status) = self.vmm_exited() {
+                self.kill();
+                return Err(self.boot_error(format!("the VM stopped before its agent answered ({status})")));
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        match self.vmm.as_mut() {
+            Some(Vmm::Local(child)) => {
+                // SAFETY: kill(2) on our own child's process group; no memory effects.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+                let _ = child.wait();
+            }
+            Some(Vmm::Lane { relay, vmm, .. }) => {
+                relay.kill();
+                vmm.kill();
+            }
+            None => {}
+        }
+    }
+
+    /// Asks the guest to power off, waits for the VMM to exit (killing it
+    /// after a grace period) and removes the run directory.
+    pub fn shutdown(mut self) -> Result<()> {
+        if let Some(client) = self.client.take() {
+            if let Err(e) = client.shutdown() {
+                tracing::warn!("guest shutdown: {e}");
+            }
+            client.close();
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.vmm_exited().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        self.vmm = None;
+        if let Some(dir) = self.run_dir.take() {
+            dir.remove()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            client.close();
+        }
+        self.kill();
+        self.vmm = None;
+        // RunDir's own drop removes the directory.
+    }
+}

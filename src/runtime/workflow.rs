@@ -1,0 +1,302 @@
+//! Running a plan in a booted VM: inputs in, steps in dependency order
+//! (stdin_from, per-step and whole-run time limits), outputs out, even after
+//! a failed step.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::cancel::Cancel;
+use super::error::{exit_code, Error, Result};
+use super::events::{Event, EventSink, Stream};
+use super::files;
+use super::plan::{Plan, StepPlan};
+use super::schedule::{Next, Schedule};
+use super::vm::Vm;
+use crate::client::{Client, ClientError, ErrorCode, ExecRequest, FileKind, UserSpec};
+
+/// Largest stdout kept for a later step's stdin.
+pub const MAX_PIPED_STDOUT: usize = 64 << 20;
+/// Extra time the host waits past a guest-side step limit before giving up.
+const HOST_GRACE: Duration = Duration::from_secs(15);
+
+/// How a step ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepResult {
+    /// Exit code as voidbox reports it (124 for a timeout, 126/127 for refused/not found).
+    pub code: i32,
+    /// Whether its limit killed it.
+    pub timed_out: bool,
+}
+
+fn guest_error(cancel: &Cancel, vm: &Vm, what: &str, e: ClientError) -> Error {
+    if cancel.is_cancelled() {
+        return Error::Interrupted;
+    }
+    match e {
+        ClientError::Closed(_) => vm.boot_error(format!("the VM went away during {what} ({e})")),
+        other => Error::Host(format!("{what}: {other}")),
+    }
+}
+
+/// Copies the plan's inputs into the guest.
+pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Cancel) -> Result<()> {
+    let client = vm.client();
+    let (uid, gid) = plan.user_ids();
+    let owner = Some(UserSpec { uid, gid });
+    for (i, input) in plan.inputs.iter().enumerate() {
+        let what = format!("sandbox.inputs[{i}] ({} -> {})", input.host.display(), input.guest);
+        let meta = std::fs::metadata(&input.host)
+            .map_err(|e| Error::Host(format!("{what}: cannot read {}: {e}", input.host.display())))?;
+        let result = if meta.is_dir() {
+            client.put_dir(&input.host, &input.guest, owner)
+        } else {
+            let mut f = std::fs::File::open(&input.host)
+                .map_err(|e| Error::Host(format!("{what}: {e}")))?;
+            use std::os::unix::fs::PermissionsExt;
+            client.put_file(&input.guest, &mut f, meta.permissions().mode() & 0o777, owner)
+        };
+        result.map_err(|e| guest_error(cancel, vm, &format!("copying {what}"), e))?;
+        sink.emit(Event::InputCopied {
+            guest: input.guest.clone(),
+            bytes: if meta.is_dir() { dir_size(&input.host) } else { meta.len() },
+        });
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// Copies the plan's outputs to the host. With `best_effort` (the run
+/// already failed) a missing guest path is only reported on stderr.
+pub fn copy_outputs(
+    vm: &Vm,
+    plan: &Plan,
+    sink: &mut dyn EventSink,
+    cancel: &Cancel,
+    best_effort: bool,
+) -> Result<()> {
+    let client = vm.client();
+    for (i, output) in plan.outputs.iter().enumerate() {
+        let what = format!("sandbox.outputs[{i}] ({})", output.guest);
+        let mut data = Vec::new();
+        let kind = match client.get(&output.guest, &mut data) {
+            Ok(kind) => kind,
+            Err(ClientError::Remote { code: ErrorCode::NotFound, message }) if best_effort => {
+                tracing::warn!("{what}: not copied: {message}");
+                continue;
+            }
+            Err(ClientError::Remote { message, .. }) => {
+                return Err(Error::Host(format!(
+                    "{what}: {message}; check that a step creates it"
+                )))
+            }
+            Err(e) => return Err(guest_error(cancel, vm, &format!("copying {what}"), e)),
+        };
+        let bytes = match kind {
+            FileKind::Dir => files::unpack_into(&data[..], &output.host, &format!("output {}", output.guest))?,
+            FileKind::File => {
+                let name = Path::new(&output.guest)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "output".into());
+                files::write_file_into(&data, &output.host, &name, 0o644)?
+            }
+            other => return Err(Error::Host(format!("{what}: is a {other:?}, not a file or directory"))),
+        };
+        sink.emit(Event::OutputCopied {
+            guest: output.guest.clone(),
+            host: output.host.display().to_string(),
+            bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Runs one step; `stdin` is the stdout of its `stdin_from` step.
+fn run_step(
+    client: &Client,
+    step: &StepPlan,
+    stdin: Option<&[u8]>,
+    limit: Duration,
+    keep_stdout: bool,
+    sink: &mut dyn EventSink,
+) -> std::result::Result<(StepResult, Vec<u8>), ClientError> {
+    let mut env = step.env.clone();
+    for key in &step.host_env {
+        match std::env::var(key) {
+            Ok(v) => {
+                env.insert(key.clone(), v);
+            }
+            Err(_) => {
+                env.remove(key);
+                tracing::warn!("llm.api_key_env: ${key} is not set on the host; the agent gets no key");
+            }
+        }
+    }
+    let req = ExecRequest {
+        argv: step.argv.clone(),
+        env,
+        cwd: step.cwd.clone(),
+        timeout_ms: Some(limit.as_millis().min(u128::from(u64::MAX)) as u64),
+        stdin: stdin.is_some(),
+        ..Default::default()
+    };
+    let host_limit = Some(limit + HOST_GRACE);
+    let name = step.name.clone();
+    let mut kept = Vec::new();
+    let status = match stdin {
+        Some(data) => {
+            // Stdin has to be written while output is drained: exec_collect
+            // does both, so this step's output is reported when it ends.
+            let out = client.exec_collect(req, data, host_limit)?;
+            for (stream, bytes) in [(Stream::Stdout, &out.stdout), (Stream::Stderr, &out.stderr)] {
+                if !bytes.is_empty() {
+                    sink.emit(Event::Output {
+                        step: name.clone(),
+                        stream,
+                        data: String::from_utf8_lossy(bytes).into_owned(),
+                    });
+                }
+            }
+            if keep_stdout {
+                kept = out.stdout;
+            }
+            out.status
+        }
+        None => {
+            let handle = client.exec(req)?;
+            let sink_cell = std::cell::RefCell::new(&mut *sink);
+            let kept_cell = std::cell::RefCell::new(&mut kept);
+            handle.wait_with(
+                |d| {
+                    if keep_stdout {
+                        let mut k = kept_cell.borrow_mut();
+                        if k.len() + d.len() <= MAX_PIPED_STDOUT {
+                            k.extend_from_slice(d);
+                        }
+                    }
+                    sink_cell.borrow_mut().emit(Event::Output {
+                        step: name.clone(),
+                        stream: Stream::Stdout,
+                        data: String::from_utf8_lossy(d).into_owned(),
+                    })
+                },
+                |d| {
+                    sink_cell.borrow_mut().emit(Event::Output {
+                        step: name.clone(),
+                        stream: Stream::Stderr,
+                        data: String::from_utf8_lossy(d).into_owned(),
+                    })
+                },
+                host_limit,
+            )?
+        }
+    };
+    let code = if status.timed_out {
+        i32::from(exit_code::TIMEOUT)
+    } else {
+        status.shell_code()
+    };
+    Ok((
+        StepResult {
+            code,
+            timed_out: status.timed_out,
+        },
+        kept,
+    ))
+}
+
+/// Runs the steps in dependency order. Returns the exit code of the first
+/// failed step, or 0.
+pub fn run_steps(
+    vm: &Vm,
+    plan: &Plan,
+    sink: &mut dyn EventSink,
+    cancel: &Cancel,
+    run_deadline: Instant,
+) -> Result<i32> {
+    let mut schedule = Schedule::new(&plan.steps);
+    let mut stdout_of: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut first_failure = 0;
+    loop {
+        let index = match schedule.next() {
+            Next::Done => break,
+            Next::Skip(i, dep) => {
+                sink.emit(Event::StepSkipped {
+                    step: plan.steps[i].name.clone(),
+                    reason: format!("`{dep}` did not succeed"),
+                });
+                continue;
+            }
+            Next::Run(i) => i,
+        };
+        let step = &plan.steps[index];
+        let left = run_deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Timeout(format!(
+                "the run passed its limit of {} s (sandbox.timeout_secs) before step `{}`",
+                plan.timeout_secs, step.name
+            )));
+        }
+        let limit = step
+            .timeout_secs
+            .map(Duration::from_secs)
+            .map_or(left, |t| t.min(left));
+        sink.emit(Event::StepStarted {
+            step: step.name.clone(),
+            argv: step.argv.clone(),
+        });
+        let started = Instant::now();
+        let stdin = step
+            .stdin_from
+            .as_ref()
+            .map(|from| stdout_of.get(from).map(Vec::as_slice).unwrap_or_default());
+        let keep = schedule.stdout_is_needed(index);
+        let (result, kept) = match run_step(vm.client(), step, stdin, limit, keep, sink) {
+            Ok(r) => r,
+            Err(ClientError::Remote { code, message }) => {
+                let code = match code {
+                    ErrorCode::CommandDenied => i32::from(exit_code::REFUSED),
+                    ErrorCode::NotFound => 127,
+                    _ => i32::from(exit_code::REFUSED),
+                };
+                sink.emit(Event::Output {
+                    step: step.name.clone(),
+                    stream: Stream::Stderr,
+                    data: format!("voidbox: {message}\n"),
+                });
+                (StepResult { code, timed_out: false }, Vec::new())
+            }
+            Err(e) => return Err(guest_error(cancel, vm, &format!("step `{}`", step.name), e)),
+        };
+        if keep {
+            stdout_of.insert(step.name.clone(), kept);
+        }
+        sink.emit(Event::StepFinished {
+            step: step.name.clone(),
+            exit_code: result.code,
+            signal: None,
+            timed_out: result.timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        schedule.finish(index, result.code == 0);
+        if result.code != 0 && first_failure == 0 {
+            first_failure = result.code;
+        }
+    }
+    Ok(first_failure)
+}
