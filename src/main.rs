@@ -1,3 +1,5 @@
-fn main() {
-    println!("voidbox {}", env!("CARGO_PKG_VERSION"));
+//! The `voidbox` command.
+
+fn main() -> std::process::ExitCode {
+    voidbox::cli::main()
 }

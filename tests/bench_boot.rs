@@ -57,15 +57,29 @@ struct Sample {
     rss_kb: u64,
 }
 
-fn one_run(launcher: &Launcher, spec: CommandSpec, serial: &std::path::Path) -> Result<Sample, String> {
+fn one_run(
+    launcher: &Launcher,
+    spec: CommandSpec,
+    serial: &std::path::Path,
+) -> Result<Sample, String> {
     let _ = std::fs::remove_file(serial);
     // `exec` keeps the PID, so smaps is the VMM's own.
-    let mut argv = vec!["/bin/sh".to_string(), "-c".into(), "echo PID $$; exec \"$@\"".into(), "sh".into()];
+    let mut argv = vec![
+        "/bin/sh".to_string(),
+        "-c".into(),
+        "echo PID $$; exec \"$@\"".into(),
+        "sh".into(),
+    ];
     argv.extend(spec.argv);
     let t0 = Instant::now();
-    let mut p = launcher.spawn(&CommandSpec::new(argv)).map_err(|e| e.to_string())?;
+    let mut p = launcher
+        .spawn(&CommandSpec::new(argv))
+        .map_err(|e| e.to_string())?;
     let boot_s = loop {
-        if std::fs::read_to_string(serial).unwrap_or_default().contains("VBT-MARKER-UP") {
+        if std::fs::read_to_string(serial)
+            .unwrap_or_default()
+            .contains("VBT-MARKER-UP")
+        {
             break t0.elapsed().as_secs_f64();
         }
         if t0.elapsed() > Duration::from_secs(120) {
@@ -74,13 +88,11 @@ fn one_run(launcher: &Launcher, spec: CommandSpec, serial: &std::path::Path) -> 
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    p.wait_for_stdout("PID ", Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    p.wait_for_stdout("PID ", Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
     // Let the guest settle into its idle sleep, then read the VMM's mappings.
     std::thread::sleep(Duration::from_millis(1500));
-    let pid = match &p {
-        voidbox::lane::Process::Lane(lp) => String::from_utf8_lossy(lp.stdout_so_far()).into_owned(),
-        voidbox::lane::Process::Local(_) => String::new(),
-    };
+    let pid = String::from_utf8_lossy(&p.stdout_so_far()).into_owned();
     let pid: String = pid
         .lines()
         .find_map(|l| l.strip_prefix("PID "))
@@ -88,12 +100,19 @@ fn one_run(launcher: &Launcher, spec: CommandSpec, serial: &std::path::Path) -> 
         .trim()
         .to_string();
     let smaps = launcher
-        .run(&CommandSpec::new(["cat", &format!("/proc/{pid}/smaps")]), Duration::from_secs(30))
+        .run(
+            &CommandSpec::new(["cat", &format!("/proc/{pid}/smaps")]),
+            Duration::from_secs(30),
+        )
         .map_err(|e| e.to_string())?;
     let (overhead_kb, rss_kb) = overhead_kb(&smaps.stdout_str()).ok_or("no smaps")?;
     let out = p.wait(Duration::from_secs(60)).map_err(|e| e.to_string())?;
     if out.status.code != Some(0) {
-        return Err(format!("VMM ended with {}: {}", out.status, out.stderr_str()));
+        return Err(format!(
+            "VMM ended with {}: {}",
+            out.status,
+            out.stderr_str()
+        ));
     }
     Ok(Sample {
         boot_s,
@@ -105,17 +124,20 @@ fn one_run(launcher: &Launcher, spec: CommandSpec, serial: &std::path::Path) -> 
 #[test]
 #[ignore = "benchmark: run scripts/bench-boot.sh"]
 fn bench_boot() {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
-    let work = tempfile::Builder::new().prefix("voidbox-bench-").tempdir().unwrap();
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let work = tempfile::Builder::new()
+        .prefix("voidbox-bench-")
+        .tempdir()
+        .unwrap();
     let w = work.path();
     let kernel = kernel();
     let vmm = vmm_bin();
     let initrd = w.join("initrd.cpio.gz");
     build_test_initramfs(&kernel, &probe_bin(), &initrd);
     let Some(launcher) = launcher(w) else { return };
-    if let Launcher::Local = launcher {
-        eprintln!("note: local launcher; the PID lookup for smaps needs the lane, overhead not measured");
-    }
     let boot = Boot {
         kernel: kernel.vmlinux(),
         initrd,
@@ -126,7 +148,8 @@ fn bench_boot() {
         vsock_uds: None,
         serial: w.join("serial.log"),
     };
-    let mut results: Vec<(&str, Vec<Sample>)> = vec![("voidbox-vmm", vec![]), ("qemu-microvm", vec![])];
+    let mut results: Vec<(&str, Vec<Sample>)> =
+        vec![("voidbox-vmm", vec![]), ("qemu-microvm", vec![])];
     for i in 0..runs {
         for (name, samples) in results.iter_mut() {
             let spec = if *name == "voidbox-vmm" {
@@ -149,16 +172,25 @@ fn bench_boot() {
             }
         }
     }
-    println!("\n{:13} {:>16} {:>22}", "VMM", "median marker s", "median overhead MiB");
+    println!(
+        "\n{:13} {:>16} {:>22}",
+        "VMM", "median marker s", "median overhead MiB"
+    );
     let mut med = vec![];
     for (name, samples) in &results {
         let mut b: Vec<f64> = samples.iter().map(|s| s.boot_s).collect();
-        let mut o: Vec<f64> = samples.iter().map(|s| s.overhead_kb as f64 / 1024.0).collect();
+        let mut o: Vec<f64> = samples
+            .iter()
+            .map(|s| s.overhead_kb as f64 / 1024.0)
+            .collect();
         let (mb, mo) = (median(&mut b), median(&mut o));
         println!("{name:13} {mb:16.3} {mo:22.2}");
         med.push(mb);
     }
-    println!("ratio voidbox-vmm / qemu-microvm (boot to marker): {:.3}", med[0] / med[1]);
+    println!(
+        "ratio voidbox-vmm / qemu-microvm (boot to marker): {:.3}",
+        med[0] / med[1]
+    );
 }
 
 #[test]

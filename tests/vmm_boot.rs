@@ -18,21 +18,37 @@ const RELAY_LEN: u64 = 1 << 20;
 const TOKEN: &str = "vbt.token=e2e-7f3a9c";
 
 fn sha256(path: &Path) -> String {
-    host(Command::new("sha256sum").arg(path)).split_whitespace().next().unwrap().to_string()
+    host(Command::new("sha256sum").arg(path))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn probes(lines: &[(String, String)]) -> Vec<&str> {
-    lines.iter().filter(|(k, _)| k == "PROBE").map(|(_, v)| v.as_str()).collect()
+    lines
+        .iter()
+        .filter(|(k, _)| k == "PROBE")
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 fn show(what: &str, out: &Output) -> String {
-    format!("{what}: {}\nstdout:\n{}\nstderr:\n{}", out.status, out.stdout_str(), out.stderr_str())
+    format!(
+        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        out.stdout_str(),
+        out.stderr_str()
+    )
 }
 
 #[test]
 fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     let microvm = std::env::var("VOIDBOX_E2E_VMM").is_ok_and(|v| v == "qemu-microvm");
-    let work = tempfile::Builder::new().prefix("voidbox-e2e-").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("voidbox-e2e-")
+        .tempdir()
+        .unwrap();
     let w = work.path();
     let kernel = kernel();
     let probe = probe_bin();
@@ -57,10 +73,15 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     std::fs::write(&rw, vec![0u8; 2 << 20]).unwrap();
 
     let Some(launcher) = launcher(w) else { return };
-    let sock_dir = launcher.socket_dir().join(format!("voidbox-e2e-{}", std::process::id()));
+    let sock_dir = launcher
+        .socket_dir()
+        .join(format!("voidbox-e2e-{}", std::process::id()));
     let t = Duration::from_secs(60);
     let out = launcher
-        .run(&CommandSpec::new(["mkdir", "-p", &sock_dir.display().to_string()]), t)
+        .run(
+            &CommandSpec::new(["mkdir", "-p", &sock_dir.display().to_string()]),
+            t,
+        )
         .unwrap();
     assert!(out.status.success(), "{}", show("mkdir", &out));
     let uds = sock_dir.join("vsock.sock");
@@ -78,24 +99,60 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
         cmdline: format!("{BASE_CMDLINE} {TOKEN} vbt.mode=checks vbt.len={LEN}"),
         mem_mib: 256,
         vcpus: 2,
-        disks: vec![(ro.clone(), true, "vbt-ro".into()), (rw.clone(), false, "vbt-rw".into())],
+        disks: vec![
+            (ro.clone(), true, "vbt-ro".into()),
+            (rw.clone(), false, "vbt-rw".into()),
+        ],
         vsock_uds: Some(uds.clone()),
         serial: w.join("boot1.log"),
     };
     // Guest -> host: the VMM forwards guest connections to port 5000 to `<uds>_5000`.
     let listen_argv = if microvm {
-        vec![probe_s.clone(), "vsock-listen".into(), "5000".into(), LEN.to_string(), "33".into()]
+        vec![
+            probe_s.clone(),
+            "vsock-listen".into(),
+            "5000".into(),
+            LEN.to_string(),
+            "33".into(),
+        ]
     } else {
-        vec![probe_s.clone(), "uds-listen".into(), format!("{uds_s}_5000"), LEN.to_string(), "33".into()]
+        vec![
+            probe_s.clone(),
+            "uds-listen".into(),
+            format!("{uds_s}_5000"),
+            LEN.to_string(),
+            "33".into(),
+        ]
     };
     let mut listener = launcher.spawn(&CommandSpec::new(listen_argv)).unwrap();
-    assert!(listener.wait_for_stdout("PROBE listening", t).unwrap(), "listener did not start");
+    assert!(
+        listener.wait_for_stdout("PROBE listening", t).unwrap(),
+        "listener did not start"
+    );
     let vm = launcher.spawn(&vmm_cmd(&boot1)).unwrap();
     // Host -> guest: CONNECT 1024 (retried until the guest listens), then both directions.
     let connect_argv = if microvm {
-        vec![probe_s.clone(), "vsock-connect".into(), "3".into(), "1024".into(), LEN.to_string(), "11".into(), "22".into(), "300".into()]
+        vec![
+            probe_s.clone(),
+            "vsock-connect".into(),
+            "3".into(),
+            "1024".into(),
+            LEN.to_string(),
+            "11".into(),
+            "22".into(),
+            "300".into(),
+        ]
     } else {
-        vec![probe_s.clone(), "uds-connect".into(), uds_s.clone(), "1024".into(), LEN.to_string(), "11".into(), "22".into(), "300".into()]
+        vec![
+            probe_s.clone(),
+            "uds-connect".into(),
+            uds_s.clone(),
+            "1024".into(),
+            LEN.to_string(),
+            "11".into(),
+            "22".into(),
+            "300".into(),
+        ]
     };
     let connector = launcher.spawn(&CommandSpec::new(connect_argv)).unwrap();
     let vm_out = vm.wait(Duration::from_secs(600)).unwrap();
@@ -106,31 +163,85 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     let lines = vbt_lines(&console1);
 
     if !microvm {
-        assert_eq!(vm_out.status.code, Some(0), "guest reset must end the VMM with 0\n{ctx1}");
+        assert_eq!(
+            vm_out.status.code,
+            Some(0),
+            "guest reset must end the VMM with 0\n{ctx1}"
+        );
     }
-    assert_eq!(vbt(&lines, "done"), Some(""), "guest did not finish its checks\n{ctx1}");
+    assert_eq!(
+        vbt(&lines, "done"),
+        Some(""),
+        "guest did not finish its checks\n{ctx1}"
+    );
     assert!(vbt(&lines, "insmod-failed").is_none(), "{ctx1}");
     assert!(vbt(&lines, "cmdline").unwrap().contains(TOKEN), "{ctx1}");
     assert_eq!(vbt(&lines, "nproc"), Some("2"), "{ctx1}");
     let mem: u64 = vbt(&lines, "memtotal_kb").unwrap().parse().unwrap();
-    assert!((180 * 1024..=256 * 1024).contains(&mem), "MemTotal {mem} kB for 256 MiB\n{ctx1}");
-    let disks: Vec<&str> = lines.iter().filter(|(k, _)| k == "disk").map(|(_, v)| v.as_str()).collect();
-    assert!(disks.iter().any(|d| d.contains("serial=vbt-ro ro=1 sectors=8192")), "{disks:?}\n{ctx1}");
-    assert!(disks.iter().any(|d| d.contains("serial=vbt-rw ro=0 sectors=4096")), "{disks:?}\n{ctx1}");
+    assert!(
+        (180 * 1024..=256 * 1024).contains(&mem),
+        "MemTotal {mem} kB for 256 MiB\n{ctx1}"
+    );
+    let disks: Vec<&str> = lines
+        .iter()
+        .filter(|(k, _)| k == "disk")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        disks
+            .iter()
+            .any(|d| d.contains("serial=vbt-ro ro=1 sectors=8192")),
+        "{disks:?}\n{ctx1}"
+    );
+    assert!(
+        disks
+            .iter()
+            .any(|d| d.contains("serial=vbt-rw ro=0 sectors=4096")),
+        "{disks:?}\n{ctx1}"
+    );
     assert_eq!(vbt(&lines, "ro-head"), Some("VOIDBOX-RO-PATTERN"), "{ctx1}");
     assert_eq!(vbt(&lines, "ro-sha256"), Some(ro_sha.as_str()), "{ctx1}");
-    assert!(vbt(&lines, "ro-write-refused-by-kernel").is_some(), "{ctx1}");
-    assert!(vbt(&lines, "ro-direct-write-refused").is_some(), "the VMM accepted a write to a read-only disk\n{ctx1}");
+    assert!(
+        vbt(&lines, "ro-write-refused-by-kernel").is_some(),
+        "{ctx1}"
+    );
+    assert!(
+        vbt(&lines, "ro-direct-write-refused").is_some(),
+        "the VMM accepted a write to a read-only disk\n{ctx1}"
+    );
     assert_eq!(sha256(&ro), ro_sha, "read-only image changed");
     assert_eq!(vbt(&lines, "rw-write-done"), Some(""), "{ctx1}");
     let rw_data = std::fs::read(&rw).unwrap();
-    assert_eq!(&rw_data[512..540], b"VOIDBOX-RW-WRITTEN-BY-GUEST\n", "host reads back the guest's write");
+    assert_eq!(
+        &rw_data[512..540],
+        b"VOIDBOX-RW-WRITTEN-BY-GUEST\n",
+        "host reads back the guest's write"
+    );
     let guest_probes = probes(&lines);
-    assert!(guest_probes.iter().any(|p| p.starts_with("vsock-serve ok")), "{guest_probes:?}\n{ctx1}");
-    assert!(guest_probes.iter().any(|p| p.starts_with("vsock-send ok")), "{guest_probes:?}\n{ctx1}");
-    assert!(conn_out.status.success(), "{}\n{ctx1}", show("host CONNECT side", &conn_out));
-    assert!(list_out.status.success(), "{}\n{ctx1}", show("host listener", &list_out));
-    eprintln!("boot 1 ok: {:?} | {} | {}", guest_probes, conn_out.stdout_str().trim(), list_out.stdout_str().trim());
+    assert!(
+        guest_probes.iter().any(|p| p.starts_with("vsock-serve ok")),
+        "{guest_probes:?}\n{ctx1}"
+    );
+    assert!(
+        guest_probes.iter().any(|p| p.starts_with("vsock-send ok")),
+        "{guest_probes:?}\n{ctx1}"
+    );
+    assert!(
+        conn_out.status.success(),
+        "{}\n{ctx1}",
+        show("host CONNECT side", &conn_out)
+    );
+    assert!(
+        list_out.status.success(),
+        "{}\n{ctx1}",
+        show("host listener", &list_out)
+    );
+    eprintln!(
+        "boot 1 ok: {:?} | {} | {}",
+        guest_probes,
+        conn_out.stdout_str().trim(),
+        list_out.stdout_str().trim()
+    );
 
     // ---- Boot 2: 1 vCPU, host -> guest through the lane relay (lane only), then a panic ----
     let use_relay = matches!(launcher, Launcher::Lane(_)) && !microvm;
@@ -138,7 +249,11 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
         vcpus: 1,
         cmdline: format!(
             "{BASE_CMDLINE} vbt.mode=panic{}",
-            if use_relay { format!(" vbt.len={RELAY_LEN} vbt.send=0") } else { String::new() }
+            if use_relay {
+                format!(" vbt.len={RELAY_LEN} vbt.send=0")
+            } else {
+                String::new()
+            }
         ),
         disks: vec![],
         serial: w.join("boot2.log"),
@@ -147,9 +262,17 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     let vm = launcher.spawn(&vmm_cmd(&boot2)).unwrap();
     let mut relay_out = None;
     if let (true, Some(lane)) = (use_relay, launcher.lane()) {
-        let relay = lane.start_relay(0, &uds, 1024, Duration::from_secs(300)).unwrap();
+        let relay = lane
+            .start_relay(0, &uds, 1024, Duration::from_secs(300))
+            .unwrap();
         let out = Command::new(&probe)
-            .args(["stream", &lane.relay_socket(0).display().to_string(), &RELAY_LEN.to_string(), "11", "22"])
+            .args([
+                "stream",
+                &lane.relay_socket(0).display().to_string(),
+                &RELAY_LEN.to_string(),
+                "11",
+                "22",
+            ])
             .output()
             .unwrap();
         relay_out = Some((out, relay.wait(Duration::from_secs(60))));
@@ -162,9 +285,16 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     assert_eq!(vbt(&lines, "panicking"), Some(""), "{ctx2}");
     assert!(vbt(&lines, "still-alive-after-panic").is_none(), "{ctx2}");
     if !microvm {
-        assert_eq!(vm_out.status.code, Some(3), "a guest panic must end the VMM with 3\n{ctx2}");
+        assert_eq!(
+            vm_out.status.code,
+            Some(3),
+            "a guest panic must end the VMM with 3\n{ctx2}"
+        );
         let said = format!("{}{}", vm_out.stdout_str(), vm_out.stderr_str());
-        assert!(said.contains("Kernel panic"), "the VMM must show the last console lines\n{ctx2}");
+        assert!(
+            said.contains("Kernel panic"),
+            "the VMM must show the last console lines\n{ctx2}"
+        );
     }
     if let Some((out, relay)) = relay_out {
         let relay = relay.unwrap();
@@ -175,7 +305,15 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
             String::from_utf8_lossy(&out.stderr),
             show("relay", &relay)
         );
-        assert!(probes(&lines).iter().any(|p| p.starts_with("vsock-serve ok")), "{ctx2}");
+        assert!(
+            probes(&lines)
+                .iter()
+                .any(|p| p.starts_with("vsock-serve ok")),
+            "{ctx2}"
+        );
     }
-    let _ = launcher.run(&CommandSpec::new(["rm", "-rf", &sock_dir.display().to_string()]), t);
+    let _ = launcher.run(
+        &CommandSpec::new(["rm", "-rf", &sock_dir.display().to_string()]),
+        t,
+    );
 }

@@ -105,7 +105,10 @@ impl std::fmt::Debug for BootData {
 
 /// The unprivileged default user (`nobody`).
 pub fn default_user() -> UserSpec {
-    UserSpec { uid: 65534, gid: 65534 }
+    UserSpec {
+        uid: 65534,
+        gid: 65534,
+    }
 }
 
 fn default_file_roots() -> Vec<String> {
@@ -137,7 +140,10 @@ pub enum BootDataError {
 fn check_abs(field: &'static str, path: &str) -> Result<(), BootDataError> {
     let p = std::path::Path::new(path);
     if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-        return Err(BootDataError::Path { field, path: path.into() });
+        return Err(BootDataError::Path {
+            field,
+            path: path.into(),
+        });
     }
     Ok(())
 }
@@ -219,7 +225,11 @@ mod tests {
     fn json_round_trip_and_validation() {
         let mut d = BootData::new(&Secret::generate());
         d.allow_commands = Some(vec!["/bin/echo".into()]);
-        d.disks.skills.push(DiskMount { serial: "skill0".into(), path: "/skills/a".into(), fstype: "ext4".into() });
+        d.disks.skills.push(DiskMount {
+            serial: "skill0".into(),
+            path: "/skills/a".into(),
+            fstype: "ext4".into(),
+        });
         let back = BootData::from_json(&d.to_json()).unwrap();
         assert_eq!(back, d);
         assert!(!format!("{d:?}").contains(&d.secret));
@@ -229,13 +239,17 @@ mod tests {
         d.file_roots = vec!["/ok".into()];
         d.disks.base_serial = Some("x".repeat(21));
         assert!(matches!(d.validate(), Err(BootDataError::Serial(_))));
-        assert!(matches!(BootData::from_json(br#"{"secret":"00"}"#), Err(BootDataError::Secret(_))));
+        assert!(matches!(
+            BootData::from_json(br#"{"secret":"00"}"#),
+            Err(BootDataError::Secret(_))
+        ));
     }
 
     #[test]
     fn defaults_fill_in() {
         let s = Secret::generate();
-        let d = BootData::from_json(format!(r#"{{"secret":"{}"}}"#, s.to_hex()).as_bytes()).unwrap();
+        let d =
+            BootData::from_json(format!(r#"{{"secret":"{}"}}"#, s.to_hex()).as_bytes()).unwrap();
         assert_eq!(d.user, default_user());
         assert_eq!(d.file_roots, vec!["/".to_string()]);
         assert!(d.allow_commands.is_none());

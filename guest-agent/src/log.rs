@@ -30,7 +30,11 @@ impl Visit for Line {
 impl LineLogger {
     /// Installs the logger globally.
     pub fn install(sink: Box<dyn Write + Send>, max: Level, prefix: &'static str) {
-        let _ = tracing::subscriber::set_global_default(LineLogger { sink: Mutex::new(sink), max, prefix });
+        let _ = tracing::subscriber::set_global_default(LineLogger {
+            sink: Mutex::new(sink),
+            max,
+            prefix,
+        });
     }
 }
 

@@ -19,7 +19,11 @@ use voidbox_guest_agent::BootData;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("serve") {
-        log::LineLogger::install(Box::new(std::io::stderr()), tracing::Level::INFO, "voidbox-agent");
+        log::LineLogger::install(
+            Box::new(std::io::stderr()),
+            tracing::Level::INFO,
+            "voidbox-agent",
+        );
         if let Err(e) = serve(&args[1..]) {
             eprintln!("voidbox-guest-agent serve: {e}");
             std::process::exit(2);
@@ -65,9 +69,11 @@ fn serve(args: &[String]) -> Result<(), String> {
         let _ = std::fs::remove_file(&sock);
         std::process::exit(0);
     });
-    let config = ServiceConfig::from_boot_data(&data, cgroup_root, on_shutdown).map_err(|e| e.to_string())?;
+    let config = ServiceConfig::from_boot_data(&data, cgroup_root, on_shutdown)
+        .map_err(|e| e.to_string())?;
     let service = Service::new(config);
-    let listener = UnixListener::bind(&unix).map_err(|e| format!("binding {}: {e}", unix.display()))?;
+    let listener =
+        UnixListener::bind(&unix).map_err(|e| format!("binding {}: {e}", unix.display()))?;
     for conn in listener.incoming() {
         let conn = conn.map_err(|e| format!("accept: {e}"))?;
         let svc = service.clone();

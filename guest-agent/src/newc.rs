@@ -15,7 +15,10 @@ const S_IFREG: u32 = 0o100000;
 impl NewcWriter {
     /// An empty archive.
     pub fn new() -> Self {
-        Self { out: Vec::new(), ino: 1 }
+        Self {
+            out: Vec::new(),
+            ino: 1,
+        }
     }
 
     /// Adds a directory (path relative, no leading `/`), owned by root.
@@ -32,7 +35,21 @@ impl NewcWriter {
         let ino = self.ino;
         self.ino += 1;
         let name_len = path.len() + 1;
-        let fields = [ino, mode, 0, 0, nlink, 0, data.len() as u32, 0, 0, 0, 0, name_len as u32, 0];
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            0,
+            0,
+            name_len as u32,
+            0,
+        ];
         self.out.extend_from_slice(b"070701");
         for f in fields {
             self.out.extend_from_slice(format!("{f:08X}").as_bytes());
@@ -82,6 +99,9 @@ mod tests {
         let f = dir.path().join("d/f.json");
         assert_eq!(std::fs::read(&f).unwrap(), b"{\"a\":1}");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
     }
 }

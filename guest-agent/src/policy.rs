@@ -30,7 +30,9 @@ pub enum PolicyError {
         path: String,
     },
     /// Found, but not on the allowlist.
-    #[error("command `{command}` (resolved to {resolved}) is not allowed; the allowlist is [{allowed}]")]
+    #[error(
+        "command `{command}` (resolved to {resolved}) is not allowed; the allowlist is [{allowed}]"
+    )]
     Denied {
         /// argv[0].
         command: String,
@@ -51,7 +53,11 @@ pub struct CommandPolicy {
 /// Makes `p` absolute and lexically clean, canonicalizes its parent directory
 /// when it exists, and keeps the last component as is (not followed).
 pub fn normalize(p: &Path, cwd: &Path) -> PathBuf {
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     let mut clean = PathBuf::from("/");
     for c in joined.components() {
         match c {
@@ -72,7 +78,9 @@ pub fn normalize(p: &Path, cwd: &Path) -> PathBuf {
 }
 
 fn is_executable_file(p: &Path) -> bool {
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Resolves argv[0] the way `execvp` would, returning a normalized absolute path.
@@ -80,10 +88,17 @@ pub fn resolve_command(argv0: &str, path_env: &str, cwd: &Path) -> Result<PathBu
     if argv0.is_empty() {
         return Err(PolicyError::EmptyArgv);
     }
-    let not_found = || PolicyError::NotFound { command: argv0.into(), path: path_env.into() };
+    let not_found = || PolicyError::NotFound {
+        command: argv0.into(),
+        path: path_env.into(),
+    };
     if argv0.contains('/') {
         let p = normalize(Path::new(argv0), cwd);
-        return if is_executable_file(&p) { Ok(p) } else { Err(not_found()) };
+        return if is_executable_file(&p) {
+            Ok(p)
+        } else {
+            Err(not_found())
+        };
     }
     for dir in path_env.split(':').filter(|d| !d.is_empty()) {
         let cand = Path::new(dir).join(argv0);
@@ -100,7 +115,11 @@ impl CommandPolicy {
         match allow {
             None => Self::default(),
             Some(list) => Self {
-                allow: Some(list.iter().map(|c| normalize(Path::new(c), Path::new("/"))).collect()),
+                allow: Some(
+                    list.iter()
+                        .map(|c| normalize(Path::new(c), Path::new("/")))
+                        .collect(),
+                ),
                 listed: list.to_vec(),
             },
         }
@@ -147,9 +166,14 @@ mod tests {
         let bin = std::fs::canonicalize(&bin).unwrap();
 
         let p = CommandPolicy::new(Some(&[bin.join("echo").display().to_string()]));
-        assert_eq!(p.check("echo", &path_env, Path::new("/")).unwrap(), bin.join("echo"));
+        assert_eq!(
+            p.check("echo", &path_env, Path::new("/")).unwrap(),
+            bin.join("echo")
+        );
         match p.check("cat", &path_env, Path::new("/")) {
-            Err(PolicyError::Denied { command, allowed, .. }) => {
+            Err(PolicyError::Denied {
+                command, allowed, ..
+            }) => {
                 assert_eq!(command, "cat");
                 assert!(allowed.contains("echo"));
             }
@@ -158,8 +182,16 @@ mod tests {
         // Absolute and relative spellings resolve the same way.
         let rel = format!("../{}/echo", bin.file_name().unwrap().to_str().unwrap());
         assert!(p.check(&rel, &path_env, &bin).is_ok());
-        assert!(matches!(p.check("nope", &path_env, Path::new("/")), Err(PolicyError::NotFound { .. })));
-        assert_eq!(p.check("", &path_env, Path::new("/")), Err(PolicyError::EmptyArgv));
-        assert!(CommandPolicy::new(None).check("cat", &path_env, Path::new("/")).is_ok());
+        assert!(matches!(
+            p.check("nope", &path_env, Path::new("/")),
+            Err(PolicyError::NotFound { .. })
+        ));
+        assert_eq!(
+            p.check("", &path_env, Path::new("/")),
+            Err(PolicyError::EmptyArgv)
+        );
+        assert!(CommandPolicy::new(None)
+            .check("cat", &path_env, Path::new("/"))
+            .is_ok());
     }
 }

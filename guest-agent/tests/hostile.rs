@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use voidbox_guest_agent::protocol::auth::{fresh_nonce, host_proof, Secret};
-use voidbox_guest_agent::protocol::{Channel, Frame, FrameKind, Message, INITIAL_WINDOW, PROTOCOL_VERSION};
+use voidbox_guest_agent::protocol::{
+    Channel, Frame, FrameKind, Message, INITIAL_WINDOW, PROTOCOL_VERSION,
+};
 use voidbox_guest_agent::service::find_cgroup2_mount;
 use voidbox_guest_agent::BootData;
 
@@ -29,7 +31,11 @@ impl Served {
         std::fs::write(&boot, BootData::new(&secret).to_json()).unwrap();
         let cgroup = find_cgroup2_mount()
             .expect("needs a cgroup2 mount")
-            .join(format!("voidbox-hostile-{}-{}", std::process::id(), fresh_nonce()[..8].to_owned()));
+            .join(format!(
+                "voidbox-hostile-{}-{}",
+                std::process::id(),
+                fresh_nonce()[..8].to_owned()
+            ));
         std::fs::create_dir(&cgroup).expect("create test cgroup (run as root)");
         let sock = dir.path().join("agent.sock");
         let child = Command::new(env!("CARGO_BIN_EXE_voidbox-guest-agent"))
@@ -46,7 +52,13 @@ impl Served {
             assert!(t.elapsed() < Duration::from_secs(10), "agent did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
-        Self { child, sock, secret, dir, cgroup }
+        Self {
+            child,
+            sock,
+            secret,
+            dir,
+            cgroup,
+        }
     }
 
     fn raw(&self) -> Raw {
@@ -113,7 +125,14 @@ fn handshake_attacks() {
     let nonce = r.hello();
     let cn = fresh_nonce();
     let mac = host_proof(&Secret::generate(), PROTOCOL_VERSION, &nonce, &cn).unwrap();
-    r.send(0, &Message::Auth { version: PROTOCOL_VERSION, client_nonce: cn, mac });
+    r.send(
+        0,
+        &Message::Auth {
+            version: PROTOCOL_VERSION,
+            client_nonce: cn,
+            mac,
+        },
+    );
     assert!(r.expect_closed().unwrap().contains("wrong secret"));
 
     // Replaying a proof made for another nonce fails too.
@@ -121,7 +140,14 @@ fn handshake_attacks() {
     r.hello();
     let cn = fresh_nonce();
     let mac = host_proof(&s.secret, PROTOCOL_VERSION, &fresh_nonce(), &cn).unwrap();
-    r.send(0, &Message::Auth { version: PROTOCOL_VERSION, client_nonce: cn, mac });
+    r.send(
+        0,
+        &Message::Auth {
+            version: PROTOCOL_VERSION,
+            client_nonce: cn,
+            mac,
+        },
+    );
     assert!(r.expect_closed().is_some());
 
     // An oversized frame before the handshake is refused without reading it.
@@ -157,26 +183,36 @@ fn frame_attacks_after_the_handshake() {
     assert!(r.expect_closed().unwrap().contains("unknown frame kind"));
     // Undecodable JSON.
     let mut r = s.authed();
-    r.send_raw(&Frame::data(1, FrameKind::Message, b"{not json".to_vec()).encode()).unwrap();
+    r.send_raw(&Frame::data(1, FrameKind::Message, b"{not json".to_vec()).encode())
+        .unwrap();
     assert!(r.expect_closed().unwrap().contains("undecodable"));
     // Host sending stdout data.
     let mut r = s.authed();
-    r.send_raw(&Frame::data(1, FrameKind::Stdout, b"x".to_vec()).encode()).unwrap();
+    r.send_raw(&Frame::data(1, FrameKind::Stdout, b"x".to_vec()).encode())
+        .unwrap();
     assert!(r.expect_closed().is_some());
     // Stdin beyond the granted credit: the agent never buffers it.
     let mut r = s.authed();
-    r.send(5, &Message::Exec(common::argv(&["sleep", "30"]).clone_with_stdin()));
+    r.send(
+        5,
+        &Message::Exec(common::argv(&["sleep", "30"]).clone_with_stdin()),
+    );
     let _started = r.recv_msg();
     let big = vec![0u8; (INITIAL_WINDOW as usize) / 2];
     let mut closed = false;
     for _ in 0..8 {
-        if r.send_raw(&Frame::data(5, FrameKind::Stdin, big.clone()).encode()).is_err() {
+        if r.send_raw(&Frame::data(5, FrameKind::Stdin, big.clone()).encode())
+            .is_err()
+        {
             closed = true;
             break;
         }
     }
     let err = r.expect_closed();
-    assert!(closed || err.as_deref().is_some_and(|e| e.contains("credit")), "{err:?}");
+    assert!(
+        closed || err.as_deref().is_some_and(|e| e.contains("credit")),
+        "{err:?}"
+    );
     s.still_serves();
 }
 
@@ -200,7 +236,10 @@ fn half_closed_streams_still_finish() {
     assert_eq!(st.code, Some(0));
     // The host half-closes the whole connection after its requests: replies still arrive.
     let mut r = s.authed();
-    r.send(3, &Message::Exec(argv(&["sh", "-c", "sleep 0.2; echo late"])));
+    r.send(
+        3,
+        &Message::Exec(argv(&["sh", "-c", "sleep 0.2; echo late"])),
+    );
     r.s.shutdown(std::net::Shutdown::Write).unwrap();
     let (out, _, st) = r.collect(3);
     assert_eq!((out.as_slice(), st.code), (&b"late\n"[..], Some(0)));

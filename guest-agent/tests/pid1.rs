@@ -20,7 +20,11 @@ use voidbox_guest_agent::BootData;
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -32,8 +36,16 @@ struct Loop {
 
 impl Loop {
     fn new(dir: &Path, img: PathBuf, size: &str) -> Self {
-        run(Command::new("mkfs.ext4").args(["-q", "-F", "-d"]).arg(dir).arg(&img).arg(size));
-        let dev = run(Command::new("losetup").args(["-f", "--show", "-r"]).arg(&img)).trim().to_string();
+        run(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-d"])
+            .arg(dir)
+            .arg(&img)
+            .arg(size));
+        let dev = run(Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(&img))
+        .trim()
+        .to_string();
         Self { dev, img }
     }
 }
@@ -90,7 +102,9 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         std::fs::create_dir_all(base.join(d)).unwrap();
     }
     std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
-    for tool in ["sh", "cat", "echo", "ls", "id", "touch", "grep", "hostname", "sleep", "ps", "stat", "tr"] {
+    for tool in [
+        "sh", "cat", "echo", "ls", "id", "touch", "grep", "hostname", "sleep", "ps", "stat", "tr",
+    ] {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(tool)).unwrap();
     }
     std::fs::write(base.join("etc/marker"), b"base image\n").unwrap();
@@ -103,17 +117,33 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
     let secret = Secret::generate();
     let mut data = BootData::new(&secret);
     data.disks.base_serial = Some("base0".into());
-    data.disks.skills.push(DiskMount { serial: "skill0".into(), path: "/skills/s".into(), fstype: "ext4".into() });
+    data.disks.skills.push(DiskMount {
+        serial: "skill0".into(),
+        path: "/skills/s".into(),
+        fstype: "ext4".into(),
+    });
     data.hostname = Some("pid1-test".into());
     let boot = initramfs.join(".voidbox/boot.json");
     std::fs::write(&boot, data.to_json()).unwrap();
 
     let name = format!("voidbox-pid1-test-{}", &fresh_nonce()[..12]);
     let child = Command::new("unshare")
-        .args(["--mount", "--pid", "--fork", "--propagation", "private", "--root"])
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--propagation",
+            "private",
+            "--root",
+        ])
         .arg(&initramfs)
         .args(["/init", "--listen", &format!("unix:@{name}")])
-        .args(["--disk", &format!("base0={}", base_disk.dev), "--disk", &format!("skill0={}", skill_disk.dev)])
+        .args([
+            "--disk",
+            &format!("base0={}", base_disk.dev),
+            "--disk",
+            &format!("skill0={}", skill_disk.dev),
+        ])
         .spawn()
         .expect("unshare (util-linux) is installed");
     let mut pid1 = Pid1(child);
@@ -141,22 +171,55 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
     let (out, _, st) = c.exec(1, as_root(argv(&["cat", "/proc/mounts"])), None);
     assert_eq!(st.code, Some(0));
     let mounts = text(out);
-    assert!(mounts.lines().any(|l| l.starts_with("overlay / overlay")), "{mounts}");
-    let skill_line = mounts.lines().find(|l| l.contains(" /skills/s ")).unwrap_or_else(|| panic!("{mounts}"));
-    assert!(skill_line.contains("ext4") && skill_line.contains("ro,nosuid,nodev"), "{skill_line}");
-    for m in [" /proc proc", " /sys sysfs", " /dev devtmpfs", " /dev/pts devpts", " /tmp tmpfs", " /run tmpfs", " /sys/fs/cgroup cgroup2"] {
+    assert!(
+        mounts.lines().any(|l| l.starts_with("overlay / overlay")),
+        "{mounts}"
+    );
+    let skill_line = mounts
+        .lines()
+        .find(|l| l.contains(" /skills/s "))
+        .unwrap_or_else(|| panic!("{mounts}"));
+    assert!(
+        skill_line.contains("ext4") && skill_line.contains("ro,nosuid,nodev"),
+        "{skill_line}"
+    );
+    for m in [
+        " /proc proc",
+        " /sys sysfs",
+        " /dev devtmpfs",
+        " /dev/pts devpts",
+        " /tmp tmpfs",
+        " /run tmpfs",
+        " /sys/fs/cgroup cgroup2",
+    ] {
         assert!(mounts.contains(m), "missing {m}: {mounts}");
     }
 
-    let (out, _, _) = c.exec(2, argv(&["cat", "/etc/marker", "/skills/s/skill.txt"]), None);
+    let (out, _, _) = c.exec(
+        2,
+        argv(&["cat", "/etc/marker", "/skills/s/skill.txt"]),
+        None,
+    );
     assert_eq!(text(out), "base image\nskill data\n");
     let (out, _, _) = c.exec(3, argv(&["hostname"]), None);
     assert_eq!(text(out), "pid1-test\n");
-    let (out, _, _) = c.exec(4, argv(&["sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]), None);
+    let (out, _, _) = c.exec(
+        4,
+        argv(&["sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '"]),
+        None,
+    );
     assert!(text(out).contains("/init"));
 
     // The root is writable through the overlay; the base disk is not, and the skill is read-only.
-    let (_, _, st) = c.exec(5, as_root(argv(&["sh", "-c", "echo x > /workspace/new && cat /workspace/new"])), None);
+    let (_, _, st) = c.exec(
+        5,
+        as_root(argv(&[
+            "sh",
+            "-c",
+            "echo x > /workspace/new && cat /workspace/new",
+        ])),
+        None,
+    );
     assert_eq!(st.code, Some(0));
     let (_, err, st) = c.exec(6, as_root(argv(&["touch", "/skills/s/nope"])), None);
     assert_ne!(st.code, Some(0), "skill must be read-only: {}", text(err));
@@ -172,7 +235,15 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         assert_eq!(st.code, Some(0));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let (out, _, _) = c.exec(20, argv(&["sh", "-c", "grep -l '^State:.Z' /proc/[0-9]*/status || true"]), None);
+    let (out, _, _) = c.exec(
+        20,
+        argv(&[
+            "sh",
+            "-c",
+            "grep -l '^State:.Z' /proc/[0-9]*/status || true",
+        ]),
+        None,
+    );
     assert_eq!(text(out), "", "zombies left");
 
     // Shutdown resets: PID 1 (and with it the namespace) ends.
@@ -183,11 +254,22 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
             eprintln!("PID 1 ended: {st}");
             break;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "PID 1 did not end after shutdown");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "PID 1 did not end after shutdown"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
     // The base image was never written.
-    let fsck = Command::new("e2fsck").args(["-fn"]).arg(&base_disk.img).output().unwrap();
-    assert!(fsck.status.success(), "{}", String::from_utf8_lossy(&fsck.stdout));
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&base_disk.img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
 }

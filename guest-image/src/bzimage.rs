@@ -44,9 +44,15 @@ pub fn locate_payload(image: &[u8], path: &Path) -> Result<Payload> {
     if image.get(0x202..0x206) != Some(b"HdrS") {
         return Err(bad(path, "no `HdrS` setup header"));
     }
-    let version = u16::from_le_bytes([image[0x206], image[0x207]]);
+    let version = image
+        .get(0x206..0x208)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .ok_or_else(|| bad(path, "truncated setup header"))?;
     if version < 0x208 {
-        return Err(bad(path, format!("boot protocol {version:#x} < 2.08 has no payload fields")));
+        return Err(bad(
+            path,
+            format!("boot protocol {version:#x} < 2.08 has no payload fields"),
+        ));
     }
     let rd32 = |o: usize| {
         image
@@ -72,7 +78,10 @@ pub fn locate_payload(image: &[u8], path: &Path) -> Result<Payload> {
         let magic: Vec<String> = data.iter().take(4).map(|b| format!("{b:02x}")).collect();
         return Err(bad(
             path,
-            format!("unsupported payload compression (magic {}); only xz and gzip are handled", magic.join(" ")),
+            format!(
+                "unsupported payload compression (magic {}); only xz and gzip are handled",
+                magic.join(" ")
+            ),
         ));
     };
     Ok(Payload {
@@ -93,7 +102,12 @@ pub fn extract_vmlinux(path: &Path) -> Result<Vec<u8>> {
         PayloadCompression::Xz => xz2::read::XzDecoder::new(stream).read_to_end(&mut out),
         PayloadCompression::Gzip => flate2::read::GzDecoder::new(stream).read_to_end(&mut out),
     };
-    res.map_err(|e| bad(path, format!("{:?} payload does not decompress: {e}", p.compression)))?;
+    res.map_err(|e| {
+        bad(
+            path,
+            format!("{:?} payload does not decompress: {e}", p.compression),
+        )
+    })?;
     if !out.starts_with(b"\x7fELF") {
         return Err(bad(path, "decompressed payload is not an ELF file"));
     }
@@ -107,6 +121,9 @@ mod tests {
     #[test]
     fn rejects_non_bzimage() {
         let p = Path::new("x");
+        let mut short = vec![0u8; 0x206];
+        short[0x202..0x206].copy_from_slice(b"HdrS");
+        assert!(locate_payload(&short, p).is_err());
         assert!(locate_payload(&[0u8; 100], p).is_err());
         let mut img = vec![0u8; 0x300];
         img[0x202..0x206].copy_from_slice(b"HdrS");

@@ -30,10 +30,14 @@ const BUSYBOX_FIX: &str =
 pub fn is_static_elf(elf: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
     let rd16 = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let rd32 =
-        |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])));
-    let rd64 =
-        |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let rd32 = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    };
+    let rd64 = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
     if elf.get(..4) != Some(b"\x7fELF") || elf.get(4) != Some(&2) || elf.get(5) != Some(&1) {
         return false;
     }
@@ -218,7 +222,8 @@ pub fn busybox_applets(busybox: &[u8]) -> Result<Vec<String>> {
     let path = dir.path().join("busybox");
     {
         let mut f = std::fs::File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-        f.write_all(busybox).map_err(|e| Error::io("write", &path, e))?;
+        f.write_all(busybox)
+            .map_err(|e| Error::io("write", &path, e))?;
     }
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| Error::io("chmod", &path, e))?;
@@ -303,7 +308,11 @@ pub fn compose(parts: &GuestParts<'_>) -> Result<Initramfs> {
             .collect();
         dep_lines.push_str(&format!("{rel}: {}\n", deps.join(" ")));
     }
-    fs.add_file(&format!("{base}/modules.dep"), 0o644, dep_lines.into_bytes())?;
+    fs.add_file(
+        &format!("{base}/modules.dep"),
+        0o644,
+        dep_lines.into_bytes(),
+    )?;
     Ok(fs)
 }
 

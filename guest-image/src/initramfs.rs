@@ -174,18 +174,24 @@ impl Initramfs {
 
     /// Writes the archive as plain `newc` (with its trailer).
     pub fn write_newc<W: Write>(&self, out: &mut W) -> std::io::Result<()> {
-        let mut ino: u32 = 1;
-        for (path, entry) in &self.entries {
+        for (ino, (path, entry)) in (1u32..).zip(&self.entries) {
             let (kind, nlink, data, rdev): (u32, u32, &[u8], (u32, u32)) = match &entry.node {
                 Node::Dir => (S_IFDIR, 2, &[], (0, 0)),
                 Node::File(d) => (S_IFREG, 1, d, (0, 0)),
                 Node::Symlink(t) => (S_IFLNK, 1, t.as_bytes(), (0, 0)),
                 Node::CharDev { major, minor } => (S_IFCHR, 1, &[], (*major, *minor)),
             };
-            write_header(out, ino, kind | entry.perm, nlink, data.len() as u32, rdev, path)?;
+            write_header(
+                out,
+                ino,
+                kind | entry.perm,
+                nlink,
+                data.len() as u32,
+                rdev,
+                path,
+            )?;
             out.write_all(data)?;
             pad4(out, data.len())?;
-            ino += 1;
         }
         write_header(out, 0, 0, 1, 0, (0, 0), "TRAILER!!!")
     }
@@ -193,7 +199,8 @@ impl Initramfs {
     /// The archive as plain `newc` bytes.
     pub fn to_newc(&self) -> Vec<u8> {
         let mut v = Vec::new();
-        self.write_newc(&mut v).expect("writing to a Vec cannot fail");
+        self.write_newc(&mut v)
+            .expect("writing to a Vec cannot fail");
         v
     }
 
@@ -216,8 +223,8 @@ impl Initramfs {
     /// Writes the archive to `dest` atomically (temp file in the same directory, then rename).
     pub fn write_to(&self, dest: &Path, compression: Compression) -> Result<()> {
         let dir = dest.parent().unwrap_or(Path::new("."));
-        let mut tmp =
-            tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create temp file in", dir, e))?;
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)
+            .map_err(|e| Error::io("create temp file in", dir, e))?;
         tmp.write_all(&self.encode(compression))
             .map_err(|e| Error::io("write", tmp.path().to_path_buf(), e))?;
         tmp.persist(dest)

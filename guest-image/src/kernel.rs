@@ -89,10 +89,11 @@ impl GuestKernel {
     pub fn open(dir: &Path) -> Result<Self> {
         let mpath = dir.join("manifest.json");
         let text = std::fs::read_to_string(&mpath).map_err(|e| Error::io("read", &mpath, e))?;
-        let manifest: KernelManifest = serde_json::from_str(&text).map_err(|e| Error::BadStoreEntry {
-            path: mpath.clone(),
-            reason: format!("bad manifest: {e}"),
-        })?;
+        let manifest: KernelManifest =
+            serde_json::from_str(&text).map_err(|e| Error::BadStoreEntry {
+                path: mpath.clone(),
+                reason: format!("bad manifest: {e}"),
+            })?;
         let k = GuestKernel {
             dir: dir.to_path_buf(),
             manifest,
@@ -101,7 +102,10 @@ impl GuestKernel {
             if !p.exists() {
                 return Err(Error::BadStoreEntry {
                     path: dir.to_path_buf(),
-                    reason: format!("{} is missing; delete the entry and fetch again", p.display()),
+                    reason: format!(
+                        "{} is missing; delete the entry and fetch again",
+                        p.display()
+                    ),
                 });
             }
         }
@@ -110,7 +114,8 @@ impl GuestKernel {
 
     /// The bzImage (`boot/vmlinuz-<release>`).
     pub fn bzimage(&self) -> PathBuf {
-        self.dir.join(format!("boot/vmlinuz-{}", self.manifest.release))
+        self.dir
+            .join(format!("boot/vmlinuz-{}", self.manifest.release))
     }
 
     /// The ELF vmlinux extracted from the bzImage (PVH entry).
@@ -167,7 +172,9 @@ pub fn voidbox_home() -> PathBuf {
     if let Some(h) = std::env::var_os("VOIDBOX_HOME") {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".cache/voidbox")
 }
 
@@ -181,7 +188,11 @@ fn run(cmd: &mut Command, fix: &'static str) -> Result<String> {
     if !out.status.success() {
         return Err(Error::Tool {
             tool,
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
             fix,
         });
     }
@@ -196,13 +207,22 @@ pub fn resolve_package(package: &str) -> Result<String> {
     if package != DEFAULT_PACKAGE && !package.ends_with("-amd64") {
         return Ok(package.to_string());
     }
-    if package.chars().nth("linux-image-".len()).is_some_and(|c| c.is_ascii_digit()) {
+    if package
+        .chars()
+        .nth("linux-image-".len())
+        .is_some_and(|c| c.is_ascii_digit())
+    {
         return Ok(package.to_string());
     }
-    let out = run(Command::new("apt-cache").args(["depends", package]), APT_FIX)?;
+    let out = run(
+        Command::new("apt-cache").args(["depends", package]),
+        APT_FIX,
+    )?;
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|d| d.starts_with("linux-image-") && d[12..].starts_with(|c: char| c.is_ascii_digit()))
+        .find(|d| {
+            d.starts_with("linux-image-") && d[12..].starts_with(|c: char| c.is_ascii_digit())
+        })
         .map(str::to_string)
         .ok_or_else(|| Error::Tool {
             tool: format!("apt-cache depends {package}"),
@@ -226,9 +246,12 @@ pub fn candidate_version(package: &str) -> Result<String> {
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String> {
-    Ok(run(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field), DPKG_FIX)?
-        .trim()
-        .to_string())
+    Ok(run(
+        Command::new("dpkg-deb").arg("-f").arg(deb).arg(field),
+        DPKG_FIX,
+    )?
+    .trim()
+    .to_string())
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
@@ -329,16 +352,24 @@ impl KernelStore {
         self.add_deb(&deb)
     }
 
-    fn find_cached_deb(&self, dirs: &[PathBuf], package: &str, version: &str) -> Result<Option<PathBuf>> {
+    fn find_cached_deb(
+        &self,
+        dirs: &[PathBuf],
+        package: &str,
+        version: &str,
+    ) -> Result<Option<PathBuf>> {
         for d in dirs {
-            let Ok(rd) = std::fs::read_dir(d) else { continue };
+            let Ok(rd) = std::fs::read_dir(d) else {
+                continue;
+            };
             for e in rd.filter_map(|e| e.ok()) {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.starts_with(&format!("{package}_")) && name.ends_with(".deb") {
-                    if deb_field(&p, "Version")? == version {
-                        return Ok(Some(p));
-                    }
+                if name.starts_with(&format!("{package}_"))
+                    && name.ends_with(".deb")
+                    && deb_field(&p, "Version")? == version
+                {
+                    return Ok(Some(p));
                 }
             }
         }
@@ -360,7 +391,10 @@ impl KernelStore {
             .tempdir_in(&self.root)
             .map_err(|e| Error::io("create temp dir in", &self.root, e))?;
         tracing::info!(deb = %deb.display(), "unpacking the guest kernel package");
-        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp.path()), DPKG_FIX)?;
+        run(
+            Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp.path()),
+            DPKG_FIX,
+        )?;
         let mods = tmp.path().join("lib/modules");
         let release = std::fs::read_dir(&mods)
             .map_err(|e| Error::io("list", &mods, e))?

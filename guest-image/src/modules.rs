@@ -151,9 +151,21 @@ impl ModuleTree {
 /// The NUL-separated `key=value` strings of an ELF64 module's `.modinfo` section.
 /// Every offset is bounds-checked: a malformed file yields `None`, never a panic.
 pub fn modinfo(elf: &[u8]) -> Option<Vec<String>> {
-    let rd16 = |o: usize| -> Option<u16> { Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?)) };
-    let rd32 = |o: usize| -> Option<u32> { Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?)) };
-    let rd64 = |o: usize| -> Option<u64> { Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?)) };
+    let rd16 = |o: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(
+            elf.get(o..o.checked_add(2)?)?.try_into().ok()?,
+        ))
+    };
+    let rd32 = |o: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            elf.get(o..o.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let rd64 = |o: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            elf.get(o..o.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
     // ELF64, little endian.
     if elf.get(..4)? != b"\x7fELF" || *elf.get(4)? != 2 || *elf.get(5)? != 1 {
         return None;

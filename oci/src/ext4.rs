@@ -50,11 +50,18 @@ fn size_for(tree: &Tree) -> Result<(u64, u64)> {
                 if !seen.insert(std::os::unix::fs::MetadataExt::ino(&md)) {
                     continue;
                 }
-                // Extent tree blocks for fragmented large files: ~1 per 128 MiB is generous.
-                blocks += md.len().div_ceil(BLOCK) + md.len() / (128 << 20) + 1;
+                // Extent tree blocks for fragmented large files: ~1 per 128 MiB is generous
+                // (small files keep their extents in the inode).
+                blocks += md.len().div_ceil(BLOCK) + md.len() / (128 << 20);
             }
             NodeKind::Dir => blocks += 1,
-            NodeKind::Symlink => blocks += 1,
+            // Targets up to 59 bytes live in the inode.
+            NodeKind::Symlink => {
+                let host = tree.root().join(rel);
+                if std::fs::read_link(&host).at(&host)?.as_os_str().len() > 59 {
+                    blocks += 1;
+                }
+            }
             _ => {}
         }
     }
@@ -62,8 +69,8 @@ fn size_for(tree: &Tree) -> Result<(u64, u64)> {
     blocks += inodes / 64;
     let inodes = (inodes + 64).max(1024) * 5 / 4;
     let data = blocks * BLOCK;
-    let metadata = inodes * INODE_SIZE + data / 32 + (8 << 20);
-    let size = (data + metadata) * 11 / 10;
+    let metadata = inodes * INODE_SIZE + data / 64 + (4 << 20);
+    let size = (data + metadata) * 21 / 20;
     Ok((size.div_ceil(BLOCK) * BLOCK, inodes))
 }
 
@@ -88,7 +95,25 @@ fn run(tool: &str, cmd: &mut Command) -> Result<std::process::Output> {
 /// Builds the ext4 image of `tree` at `out` (a new file). `scratch` holds the debugfs script
 /// and xattr value files.
 pub fn build_ext4(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
-    let (size, inodes) = size_for(tree)?;
+    let (mut size, mut inodes) = size_for(tree)?;
+    // The estimate is tight; if mkfs runs out of room, grow and retry.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match mkfs(tree, out, size, inodes) {
+            Ok(()) => break,
+            Err(OciError::Tool { message, .. }) if attempt < 4 && message.contains("allocate") => {
+                tracing::debug!(size, "ext4 image too small, growing");
+                size = (size * 3 / 2).div_ceil(BLOCK) * BLOCK;
+                inodes = inodes * 3 / 2;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    apply_metadata(tree, out, scratch)
+}
+
+fn mkfs(tree: &Tree, out: &Path, size: u64, inodes: u64) -> Result<()> {
     let file = std::fs::File::create(out).at(out)?;
     file.set_len(size).at(out)?;
     drop(file);
@@ -106,7 +131,12 @@ pub fn build_ext4(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
             .arg(tree.root())
             .arg(out),
     )?;
+    Ok(())
+}
 
+/// Sets owners, modes, times and xattrs, and creates device nodes and FIFOs, with one
+/// debugfs script.
+fn apply_metadata(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
     let mut script = String::new();
     let mut xattr_files = 0usize;
     for (rel, meta) in tree.entries() {

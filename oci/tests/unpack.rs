@@ -156,6 +156,16 @@ fn malicious_layers_are_rejected() {
         "{r:?}"
     );
 
+    // An xattr name that could be read as an option by the ext4 writer's tools.
+    let mut t = RawTar::default();
+    t.entry(RawEntry {
+        name: b"x",
+        xattrs: &[("-f", b"v")],
+        ..Default::default()
+    });
+    let (r, layer) = disk_of(&store, t.finish(), limits);
+    assert_unsafe(r, &layer, "x", "xattr");
+
     // Malformed whiteout.
     let mut t = RawTar::default();
     t.file(".wh..", 0o644, 0, b"");
@@ -293,4 +303,49 @@ fn unprivileged_build_is_identical() {
         "the disk was not built by nobody"
     );
     check_rich_disk(&disks[0], "unprivileged");
+}
+
+#[test]
+fn ext4_size_follows_content() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let mut t = RawTar::default();
+    let long_target = "x".repeat(90);
+    for d in 0..120 {
+        t.dir(&format!("d{d}/"), 0o755);
+        for f in 0..10 {
+            t.file(&format!("d{d}/e{f}"), 0o644, d, b"");
+        }
+        t.file(&format!("d{d}/page"), 0o600, 0, &[d as u8; 4097]);
+        t.symlink(&format!("d{d}/long"), &long_target);
+        t.entry(RawEntry {
+            name: format!("d{d}/attr").as_bytes(),
+            xattrs: &[("user.a", &[7u8; 100]), ("security.b", b"v")],
+            ..Default::default()
+        });
+    }
+    t.file("big", 0o644, 0, &vec![9u8; 20 << 20]);
+    let mut tree = Tree::new(&root, UnpackLimits::default());
+    tree.apply_layer("sizing", std::io::Cursor::new(t.finish()), None)
+        .unwrap();
+    let image = work.path().join("disk.ext4");
+    let scratch = work.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    voidbox_oci::ext4::build_ext4(&tree, &image, &scratch).unwrap();
+    assert_fsck_clean(&image);
+    let listing = ext4_listing(&image);
+    assert_eq!(listing.len(), 120 * 14 + 1);
+    assert_eq!(listing["/d119/e9"].uid, 119);
+    assert_eq!(ext4_readlink(&image, "/d7/long"), long_target);
+    assert_eq!(
+        ext4_xattr(&image, "/d7/attr", "user.a").unwrap(),
+        vec![7u8; 100]
+    );
+    let size = std::fs::metadata(&image).unwrap().len();
+    let content = (20 << 20) + 120 * 8192;
+    assert!(
+        size < content * 3 / 2 + (16 << 20),
+        "image of {size} bytes for {content} bytes of content"
+    );
 }

@@ -75,12 +75,12 @@ impl fmt::Display for Diagnostics {
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
     /// The file could not be read.
-    #[error("cannot read spec file {path}: {source}; check the path passed to --file")]
+    #[error("cannot read spec file {path}: {error}; check the path passed to --file")]
     Read {
         /// The path as given.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (not a `source`: the message already includes it).
+        error: std::io::Error,
     },
     /// The file is not UTF-8.
     #[error("spec file {path} is not UTF-8 text")]

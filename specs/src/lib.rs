@@ -25,9 +25,9 @@ pub const MAX_SPEC_BYTES: u64 = 1 << 20;
 /// Reads and validates a spec file. Relative host paths in it are resolved
 /// against the file's directory.
 pub fn load_file(path: &Path) -> Result<Spec, SpecError> {
-    let read_err = |source| SpecError::Read {
+    let read_err = |error| SpecError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let meta = std::fs::metadata(path).map_err(read_err)?;
     if meta.is_dir() {

@@ -82,6 +82,14 @@ workflow:
     assert_eq!(sb.outputs[0].host, Path::new("/base/out"));
     assert_eq!(sb.user, "0:0");
     assert_eq!(spec.skills[0].mount, "/skills/tools");
+    assert_eq!(sb.guest_image.as_deref(), Some("oci:/tmp/guest:v1"));
+    let rel = parse_str(
+        "api_version: v1\nkind: sandbox\nname: s\nsandbox: {image: 'oci:images/gcc:1'}\n",
+        "t",
+        Path::new("/base"),
+    )
+    .unwrap();
+    assert_eq!(rel.sandbox.image.as_deref(), Some("oci:/base/images/gcc:1"));
     let steps = &spec.workflow.unwrap().steps;
     assert_eq!(steps[0].argv(), ["make", "-j", "2", "all"]);
     assert_eq!(steps[0].timeout_secs, Some(60));

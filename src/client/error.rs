@@ -58,7 +58,10 @@ pub enum ClientError {
 
 impl ClientError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     /// The guest's error class, if the guest refused the request.

@@ -3,7 +3,9 @@
 use super::mux::{Event, StreamHandle};
 use super::{Client, ClientError};
 use std::time::{Duration, Instant};
-use voidbox_guest_agent::protocol::{Channel, ExecRequest, ExitStatus, FrameKind, Message, PtySize, MAX_DATA_CHUNK};
+use voidbox_guest_agent::protocol::{
+    Channel, ExecRequest, ExitStatus, FrameKind, Message, PtySize, MAX_DATA_CHUNK,
+};
 
 /// A running exec. Drive it with [`ExecHandle::wait_with`].
 pub struct ExecHandle {
@@ -25,7 +27,10 @@ pub struct ExecOutput {
 }
 
 fn remote(e: voidbox_guest_agent::protocol::ErrorReply) -> ClientError {
-    ClientError::Remote { code: e.code, message: e.message }
+    ClientError::Remote {
+        code: e.code,
+        message: e.message,
+    }
 }
 
 impl Client {
@@ -37,13 +42,20 @@ impl Client {
         match h.next(Some(deadline))? {
             Event::Msg(Message::Started { pid }) => Ok(ExecHandle { h, pid, stdin_open }),
             Event::Msg(Message::Error(e)) => Err(remote(e)),
-            other => Err(ClientError::Protocol(format!("expected started, got {other:?}"))),
+            other => Err(ClientError::Protocol(format!(
+                "expected started, got {other:?}"
+            ))),
         }
     }
 
     /// Runs a process to completion, feeding `stdin` (if the request asks for
     /// stdin) and collecting its output in memory.
-    pub fn exec_collect(&self, mut req: ExecRequest, stdin: &[u8], timeout: Option<Duration>) -> Result<ExecOutput, ClientError> {
+    pub fn exec_collect(
+        &self,
+        mut req: ExecRequest,
+        stdin: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, ClientError> {
         req.stdin = req.stdin || !stdin.is_empty();
         let mut h = self.exec(req)?;
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -51,19 +63,41 @@ impl Client {
             if h.stdin_open {
                 let (w, data) = (&h.h, stdin);
                 // Stdin goes on its own thread so a process that writes before it reads cannot deadlock.
-                s.spawn(move || write_stdin(w, data).and_then(|_| w.send_msg(&Message::Eof { channel: Channel::Stdin })));
+                s.spawn(move || {
+                    write_stdin(w, data).and_then(|_| {
+                        w.send_msg(&Message::Eof {
+                            channel: Channel::Stdin,
+                        })
+                    })
+                });
             }
             let ExecHandle { h: ref hh, .. } = h;
-            wait_events(hh, &mut |d| out.extend_from_slice(d), &mut |d| err.extend_from_slice(d), timeout)
+            let r = wait_events(
+                hh,
+                &mut |d| out.extend_from_slice(d),
+                &mut |d| err.extend_from_slice(d),
+                timeout,
+            );
+            // The process may exit without reading all of stdin: unblock the writer.
+            hh.inbox.stdin.close();
+            r
         })?;
         h.stdin_open = false;
-        Ok(ExecOutput { stdout: out, stderr: err, status })
+        Ok(ExecOutput {
+            stdout: out,
+            stderr: err,
+            status,
+        })
     }
 }
 
 fn write_stdin(h: &StreamHandle, mut data: &[u8]) -> Result<(), ClientError> {
     while !data.is_empty() {
-        let n = h.inbox.stdin.take(data.len().min(MAX_DATA_CHUNK)).ok_or(ClientError::Closed("stdin closed".into()))?;
+        let n = h
+            .inbox
+            .stdin
+            .take(data.len().min(MAX_DATA_CHUNK))
+            .ok_or(ClientError::Closed("stdin closed".into()))?;
         h.send_data(FrameKind::Stdin, data[..n].to_vec())?;
         data = &data[n..];
     }
@@ -81,15 +115,26 @@ fn wait_events(
         match h.next(deadline) {
             Ok(Event::Data(Channel::Stdout, d)) => on_stdout(&d),
             Ok(Event::Data(Channel::Stderr, d)) => on_stderr(&d),
-            Ok(Event::Data(ch, _)) => return Err(ClientError::Protocol(format!("unexpected {ch:?} data on an exec"))),
+            Ok(Event::Data(ch, _)) => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {ch:?} data on an exec"
+                )))
+            }
             Ok(Event::Msg(Message::Exited(st))) => return Ok(st),
             Ok(Event::Msg(Message::Eof { .. })) => {}
             Ok(Event::Msg(Message::Error(e))) => return Err(remote(e)),
-            Ok(Event::Msg(m)) => return Err(ClientError::Protocol(format!("unexpected {m:?} on an exec"))),
+            Ok(Event::Msg(m)) => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected {m:?} on an exec"
+                )))
+            }
             Err(ClientError::Timeout { .. }) => {
                 // Our limit passed: end the process's whole cgroup, then report.
                 let _ = h.send_msg(&Message::Kill);
-                return Err(ClientError::Timeout { what: "the exec to finish".into(), after: timeout.unwrap_or_default() });
+                return Err(ClientError::Timeout {
+                    what: "the exec to finish".into(),
+                    after: timeout.unwrap_or_default(),
+                });
             }
             Err(e) => return Err(e),
         }
@@ -100,7 +145,9 @@ impl ExecHandle {
     /// Sends bytes to the process's stdin (blocks while the guest has no room).
     pub fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
         if !self.stdin_open {
-            return Err(ClientError::Protocol("this exec has no open stdin (set ExecRequest::stdin)".into()));
+            return Err(ClientError::Protocol(
+                "this exec has no open stdin (set ExecRequest::stdin)".into(),
+            ));
         }
         write_stdin(&self.h, data)
     }
@@ -108,7 +155,9 @@ impl ExecHandle {
     /// Closes the process's stdin.
     pub fn close_stdin(&mut self) -> Result<(), ClientError> {
         if std::mem::take(&mut self.stdin_open) {
-            self.h.send_msg(&Message::Eof { channel: Channel::Stdin })?;
+            self.h.send_msg(&Message::Eof {
+                channel: Channel::Stdin,
+            })?;
         }
         Ok(())
     }

@@ -26,7 +26,9 @@ mod mux;
 pub use error::ClientError;
 pub use exec::{ExecHandle, ExecOutput};
 pub use voidbox_guest_agent::protocol::auth::Secret;
-pub use voidbox_guest_agent::protocol::{ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize, UserSpec};
+pub use voidbox_guest_agent::protocol::{
+    ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize, UserSpec,
+};
 pub use voidbox_guest_agent::service::Transport;
 pub use voidbox_guest_agent::VSOCK_PORT;
 
@@ -55,10 +57,14 @@ impl std::fmt::Debug for Client {
 
 /// Sends `CONNECT <port>` on a fresh connection to the VMM's vsock socket.
 pub fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, ClientError> {
-    let s = UnixStream::connect(uds).map_err(|source| ClientError::Connect { path: uds.display().to_string(), source })?;
+    let s = UnixStream::connect(uds).map_err(|source| ClientError::Connect {
+        path: uds.display().to_string(),
+        source,
+    })?;
     let io = |e| ClientError::io(format!("vsock handshake on {}", uds.display()), e);
     s.set_read_timeout(Some(timeout)).map_err(io)?;
-    (&s).write_all(format!("CONNECT {port}\n").as_bytes()).map_err(io)?;
+    (&s).write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(io)?;
     let mut line = Vec::new();
     let mut b = [0u8; 1];
     while line.len() < 64 {
@@ -66,8 +72,16 @@ pub fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
             Ok(0) => break,
             Ok(_) if b[0] == b'\n' => break,
             Ok(_) => line.push(b[0]),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err(ClientError::Timeout { what: format!("the VMM's reply to CONNECT {port}"), after: timeout })
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(ClientError::Timeout {
+                    what: format!("the VMM's reply to CONNECT {port}"),
+                    after: timeout,
+                })
             }
             Err(e) => return Err(io(e)),
         }
@@ -82,27 +96,47 @@ pub fn vsock_connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStr
 
 impl Client {
     /// Authenticates over an already-connected byte stream.
-    pub fn over(transport: Box<dyn Transport>, secret: &Secret, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn over(
+        transport: Box<dyn Transport>,
+        secret: &Secret,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let mut transport = transport;
         handshake::run(transport.as_mut(), secret, timeout)?;
-        Ok(Self { mux: Mux::start(transport)? })
+        Ok(Self {
+            mux: Mux::start(transport)?,
+        })
     }
 
     /// Connects to a Unix socket the agent itself listens on (host tests, `serve` mode).
-    pub fn connect_unix(path: impl AsRef<Path>, secret: &Secret, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn connect_unix(
+        path: impl AsRef<Path>,
+        secret: &Secret,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let p = path.as_ref();
-        let s = UnixStream::connect(p).map_err(|source| ClientError::Connect { path: p.display().to_string(), source })?;
+        let s = UnixStream::connect(p).map_err(|source| ClientError::Connect {
+            path: p.display().to_string(),
+            source,
+        })?;
         Self::over(Box::new(s), secret, timeout)
     }
 
     /// Connects through the VMM's vsock Unix socket to port [`VSOCK_PORT`],
     /// retrying until the agent answers or `timeout` passes (wait-ready).
-    pub fn connect_vsock(uds: impl AsRef<Path>, secret: &Secret, timeout: Duration) -> Result<Self, ClientError> {
+    pub fn connect_vsock(
+        uds: impl AsRef<Path>,
+        secret: &Secret,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
         let deadline = Instant::now() + timeout;
         let mut last;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(100));
-            let attempt = vsock_connect(uds.as_ref(), VSOCK_PORT, left).and_then(|s| Self::over(Box::new(s), secret, left));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            let attempt = vsock_connect(uds.as_ref(), VSOCK_PORT, left)
+                .and_then(|s| Self::over(Box::new(s), secret, left));
             match attempt {
                 Ok(c) => return Ok(c),
                 // A wrong secret will not get better by retrying.
@@ -111,7 +145,10 @@ impl Client {
             }
             if Instant::now() >= deadline {
                 tracing::debug!("last vsock connect error: {last}");
-                return Err(ClientError::Timeout { what: format!("the guest agent (last error: {last})"), after: timeout });
+                return Err(ClientError::Timeout {
+                    what: format!("the guest agent (last error: {last})"),
+                    after: timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -121,12 +158,18 @@ impl Client {
         let h = self.mux.open(req)?;
         let deadline = Instant::now() + timeout;
         match h.next(Some(deadline)) {
-            Ok(Event::Msg(Message::Error(e))) => Err(ClientError::Remote { code: e.code, message: e.message }),
+            Ok(Event::Msg(Message::Error(e))) => Err(ClientError::Remote {
+                code: e.code,
+                message: e.message,
+            }),
             Ok(Event::Msg(m)) => Ok(m),
-            Ok(Event::Data(..)) => Err(ClientError::Protocol("unexpected data for a simple request".into())),
-            Err(ClientError::Timeout { .. }) => {
-                Err(ClientError::Timeout { what: format!("the reply to {req:?}"), after: timeout })
-            }
+            Ok(Event::Data(..)) => Err(ClientError::Protocol(
+                "unexpected data for a simple request".into(),
+            )),
+            Err(ClientError::Timeout { .. }) => Err(ClientError::Timeout {
+                what: format!("the reply to {req:?}"),
+                after: timeout,
+            }),
             Err(e) => Err(e),
         }
     }
@@ -141,9 +184,14 @@ impl Client {
 
     /// Stats a guest path (not following its last symlink).
     pub fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self.request(&Message::Stat { path: path.into() }, DEFAULT_REQUEST_TIMEOUT)? {
+        match self.request(
+            &Message::Stat { path: path.into() },
+            DEFAULT_REQUEST_TIMEOUT,
+        )? {
             Message::StatResult(s) => Ok(s),
-            m => Err(ClientError::Protocol(format!("expected a stat result, got {m:?}"))),
+            m => Err(ClientError::Protocol(format!(
+                "expected a stat result, got {m:?}"
+            ))),
         }
     }
 

@@ -6,7 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use voidbox_guest_agent::protocol::flow::SendWindow;
-use voidbox_guest_agent::protocol::{Channel, Frame, FrameError, FrameKind, Message, INITIAL_WINDOW, MAX_FRAME_BODY};
+use voidbox_guest_agent::protocol::{
+    Channel, Frame, FrameError, FrameKind, Message, INITIAL_WINDOW, MAX_FRAME_BODY,
+};
 use voidbox_guest_agent::service::Transport;
 
 /// Most control messages queued on one stream before the guest is considered hostile.
@@ -50,7 +52,10 @@ impl Inbox {
     fn new() -> Self {
         let w = INITIAL_WINDOW as u64;
         Self {
-            state: Mutex::new(InboxState { outstanding: [w; 3], ..Default::default() }),
+            state: Mutex::new(InboxState {
+                outstanding: [w; 3],
+                ..Default::default()
+            }),
             cv: Condvar::new(),
             stdin: SendWindow::default(),
             file: SendWindow::default(),
@@ -63,7 +68,11 @@ impl Inbox {
             Event::Data(ch, d) => {
                 let i = slot(*ch).ok_or("guest sent stdin data")?;
                 if d.len() as u64 > s.outstanding[i] {
-                    return Err(format!("guest sent {} bytes on {ch:?} with {} bytes of credit", d.len(), s.outstanding[i]));
+                    return Err(format!(
+                        "guest sent {} bytes on {ch:?} with {} bytes of credit",
+                        d.len(),
+                        s.outstanding[i]
+                    ));
                 }
                 s.outstanding[i] -= d.len() as u64;
             }
@@ -90,7 +99,10 @@ impl Inbox {
     }
 
     /// Next event; data events come with the credit to send back (batched).
-    pub fn next(&self, deadline: Option<Instant>) -> Result<(Event, Option<(Channel, u32)>), ClientError> {
+    pub fn next(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Event, Option<(Channel, u32)>), ClientError> {
         let mut s = self.state.lock().expect("inbox lock");
         loop {
             if let Some(ev) = s.events.pop_front() {
@@ -99,7 +111,10 @@ impl Inbox {
                     Event::Data(ch, d) => {
                         let i = slot(*ch).expect("checked on push");
                         s.unacked[i] += d.len() as u64;
-                        let pending_same = s.events.iter().any(|e| matches!(e, Event::Data(c, _) if c == ch));
+                        let pending_same = s
+                            .events
+                            .iter()
+                            .any(|e| matches!(e, Event::Data(c, _) if c == ch));
                         if s.unacked[i] >= INITIAL_WINDOW as u64 / 4 || !pending_same {
                             let n = s.unacked[i];
                             s.unacked[i] = 0;
@@ -121,7 +136,10 @@ impl Inbox {
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
-                        return Err(ClientError::Timeout { what: "a reply from the guest".into(), after: Duration::ZERO });
+                        return Err(ClientError::Timeout {
+                            what: "a reply from the guest".into(),
+                            after: Duration::ZERO,
+                        });
                     }
                     s = self.cv.wait_timeout(s, d - now).expect("inbox lock").0;
                 }
@@ -142,8 +160,12 @@ pub(crate) struct Mux {
 impl Mux {
     /// Starts the reader thread on an authenticated transport.
     pub fn start(transport: Box<dyn Transport>) -> Result<Arc<Self>, ClientError> {
-        let reader = transport.try_clone_box().map_err(|e| ClientError::io("cloning the connection", e))?;
-        let killer = transport.try_clone_box().map_err(|e| ClientError::io("cloning the connection", e))?;
+        let reader = transport
+            .try_clone_box()
+            .map_err(|e| ClientError::io("cloning the connection", e))?;
+        let killer = transport
+            .try_clone_box()
+            .map_err(|e| ClientError::io("cloning the connection", e))?;
         let mux = Arc::new(Mux {
             writer: Mutex::new(transport),
             killer: Mutex::new(killer),
@@ -176,21 +198,35 @@ impl Mux {
 
     fn dispatch(&self, f: Frame) -> Result<(), String> {
         if f.stream == 0 {
-            let m = Message::from_bytes(&f.payload).map_err(|e| format!("bad message on stream 0: {e}"))?;
+            let m = Message::from_bytes(&f.payload)
+                .map_err(|e| format!("bad message on stream 0: {e}"))?;
             return Err(format!("guest closed the connection: {m:?}"));
         }
-        let Some(inbox) = self.inboxes.lock().expect("inboxes lock").get(&f.stream).cloned() else {
+        let Some(inbox) = self
+            .inboxes
+            .lock()
+            .expect("inboxes lock")
+            .get(&f.stream)
+            .cloned()
+        else {
             return Ok(()); // a stream we already gave up on
         };
         let ev = match f.kind {
             FrameKind::Message => {
-                let m = Message::from_bytes(&f.payload).map_err(|e| format!("undecodable message: {e}"))?;
+                let m = Message::from_bytes(&f.payload)
+                    .map_err(|e| format!("undecodable message: {e}"))?;
                 match m {
-                    Message::Credit { channel: Channel::Stdin, bytes } => {
+                    Message::Credit {
+                        channel: Channel::Stdin,
+                        bytes,
+                    } => {
                         inbox.stdin.grant(bytes as u64);
                         return Ok(());
                     }
-                    Message::Credit { channel: Channel::File, bytes } => {
+                    Message::Credit {
+                        channel: Channel::File,
+                        bytes,
+                    } => {
                         inbox.file.grant(bytes as u64);
                         return Ok(());
                     }
@@ -235,7 +271,11 @@ impl Mux {
             id
         };
         let inbox = self.inboxes.lock().expect("inboxes lock")[&id].clone();
-        let h = StreamHandle { mux: self.clone(), id, inbox };
+        let h = StreamHandle {
+            mux: self.clone(),
+            id,
+            inbox,
+        };
         h.send_msg(req)?;
         Ok(h)
     }
@@ -244,10 +284,11 @@ impl Mux {
         if let Some(why) = self.dead.lock().expect("dead lock").clone() {
             return Err(ClientError::Closed(why));
         }
-        f.write_to(&mut **self.writer.lock().expect("writer lock")).map_err(|e| {
-            self.fail(&format!("write failed: {e}"));
-            ClientError::Closed(format!("write failed: {e}"))
-        })
+        f.write_to(&mut **self.writer.lock().expect("writer lock"))
+            .map_err(|e| {
+                self.fail(&format!("write failed: {e}"));
+                ClientError::Closed(format!("write failed: {e}"))
+            })
     }
 }
 
@@ -260,7 +301,8 @@ pub(crate) struct StreamHandle {
 
 impl StreamHandle {
     pub fn send_msg(&self, m: &Message) -> Result<(), ClientError> {
-        self.mux.send(Frame::data(self.id, FrameKind::Message, m.to_bytes()))
+        self.mux
+            .send(Frame::data(self.id, FrameKind::Message, m.to_bytes()))
     }
 
     pub fn send_data(&self, kind: FrameKind, d: Vec<u8>) -> Result<(), ClientError> {
@@ -279,6 +321,10 @@ impl StreamHandle {
 
 impl Drop for StreamHandle {
     fn drop(&mut self) {
-        self.mux.inboxes.lock().expect("inboxes lock").remove(&self.id);
+        self.mux
+            .inboxes
+            .lock()
+            .expect("inboxes lock")
+            .remove(&self.id);
     }
 }

@@ -13,7 +13,8 @@ struct TestCgroup(std::path::PathBuf);
 impl TestCgroup {
     fn new() -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let mount = find_cgroup2_mount().expect("these tests need a cgroup2 mount (run as root on Linux)");
+        let mount =
+            find_cgroup2_mount().expect("these tests need a cgroup2 mount (run as root on Linux)");
         let p = mount.join(format!(
             "voidbox-client-test-{}-{}",
             std::process::id(),
@@ -70,7 +71,12 @@ fn agent_with(f: impl FnOnce(&mut BootData)) -> Agent {
     let config = ServiceConfig::from_boot_data(&data, cg.0.clone(), Arc::new(|| {})).unwrap();
     let service = Service::new(config);
     let client = connect(&service, &secret).unwrap();
-    Agent { client, secret, service, _cg: cg }
+    Agent {
+        client,
+        secret,
+        service,
+        _cg: cg,
+    }
 }
 
 fn connect(service: &Service, secret: &Secret) -> Result<Client, ClientError> {
@@ -81,7 +87,10 @@ fn connect(service: &Service, secret: &Secret) -> Result<Client, ClientError> {
 }
 
 fn req(argv: &[&str]) -> ExecRequest {
-    ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }
 
 fn sh(script: &str) -> ExecRequest {
@@ -96,35 +105,65 @@ fn exec_streams_stdio_exit_codes_env_cwd_and_pty() {
 
     let out = c.exec_collect(req(&["echo", "hello"]), b"", None).unwrap();
     assert_eq!(out.stdout, b"hello\n");
-    assert_eq!(out.status, ExitStatus { code: Some(0), signal: None, timed_out: false });
+    assert_eq!(
+        out.status,
+        ExitStatus {
+            code: Some(0),
+            signal: None,
+            timed_out: false
+        }
+    );
 
-    let out = c.exec_collect(sh("echo out; echo err >&2; exit 7"), b"", None).unwrap();
-    assert_eq!((out.stdout.as_slice(), out.stderr.as_slice(), out.status.code), (&b"out\n"[..], &b"err\n"[..], Some(7)));
+    let out = c
+        .exec_collect(sh("echo out; echo err >&2; exit 7"), b"", None)
+        .unwrap();
+    assert_eq!(
+        (
+            out.stdout.as_slice(),
+            out.stderr.as_slice(),
+            out.status.code
+        ),
+        (&b"out\n"[..], &b"err\n"[..], Some(7))
+    );
 
     // 1 MiB through stdin and back: credit flows both ways.
     let input: Vec<u8> = (0..(1 << 20)).map(|i| (i % 251) as u8).collect();
     let out = c.exec_collect(req(&["cat"]), &input, None).unwrap();
     assert_eq!(out.stdout.len(), input.len());
     assert!(out.stdout == input);
+    // A process that exits without reading its stdin does not hang the writer.
+    let out = c
+        .exec_collect(req(&["true"]), &vec![0u8; 4 << 20], None)
+        .unwrap();
+    assert_eq!(out.status.code, Some(0));
 
     let mut r = sh("echo $FOO; pwd; id -u");
     r.env.insert("FOO".into(), "bar".into());
     r.cwd = Some("/tmp".into());
     let out = c.exec_collect(r, b"", None).unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n/tmp\n65534\n", "default user is unprivileged");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "bar\n/tmp\n65534\n",
+        "default user is unprivileged"
+    );
 
     let mut r = sh("kill -9 $$");
     r.user = Some(UserSpec { uid: 0, gid: 0 });
     assert_eq!(c.exec_collect(r, b"", None).unwrap().status.signal, Some(9));
 
     let mut r = sh("tty; stty size");
-    r.pty = Some(PtySize { rows: 30, cols: 100 });
+    r.pty = Some(PtySize {
+        rows: 30,
+        cols: 100,
+    });
     let out = c.exec_collect(r, b"", None).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/"), "{text}");
     assert!(text.contains("30 100"), "{text}");
 
-    let e = c.exec_collect(req(&["no-such-command-xyz"]), b"", None).unwrap_err();
+    let e = c
+        .exec_collect(req(&["no-such-command-xyz"]), b"", None)
+        .unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::NotFound), "{e}");
     let e = c.exec_collect(req(&[]), b"", None).unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::BadRequest), "{e}");
@@ -134,7 +173,9 @@ fn exec_streams_stdio_exit_codes_env_cwd_and_pty() {
 fn timeout_kills_the_whole_cgroup_including_setsid_children() {
     let a = agent_with(|_| {});
     let marker = format!("voidbox-setsid-{}", std::process::id());
-    let mut r = sh(&format!("setsid sh -c 'exec -a {marker} sleep 1000' & sleep 1000"));
+    let mut r = sh(&format!(
+        "setsid sh -c 'exec -a {marker} sleep 1000' & sleep 1000"
+    ));
     r.timeout_ms = Some(300);
     let t = Instant::now();
     let out = a.client.exec_collect(r, b"", None).unwrap();
@@ -142,10 +183,24 @@ fn timeout_kills_the_whole_cgroup_including_setsid_children() {
     assert_eq!(out.status.signal, Some(9));
     assert!(t.elapsed() < Duration::from_secs(10));
     // The setsid child died with the cgroup.
-    let ps = std::process::Command::new("pgrep").args(["-f", &marker]).output().unwrap();
-    assert!(ps.stdout.is_empty(), "setsid child survived: {}", String::from_utf8_lossy(&ps.stdout));
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "setsid child survived: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
     // Leftovers of a normal exit are killed too, so the exec ends.
-    let out = a.client.exec_collect(sh("sleep 1000 & echo bg"), b"", Some(Duration::from_secs(20))).unwrap();
+    let out = a
+        .client
+        .exec_collect(
+            sh("sleep 1000 & echo bg"),
+            b"",
+            Some(Duration::from_secs(20)),
+        )
+        .unwrap();
     assert_eq!(out.stdout, b"bg\n");
 }
 
@@ -162,7 +217,10 @@ fn allowlist_compares_paths_without_following_the_last_symlink() {
     let path = bin.display().to_string();
     let mut r = req(&["echo", "allowed"]);
     r.env.insert("PATH".into(), path.clone());
-    assert_eq!(a.client.exec_collect(r, b"", None).unwrap().stdout, b"allowed\n");
+    assert_eq!(
+        a.client.exec_collect(r, b"", None).unwrap().stdout,
+        b"allowed\n"
+    );
     let mut r = req(&["cat", "/etc/hostname"]);
     r.env.insert("PATH".into(), path);
     let e = a.client.exec_collect(r, b"", None).unwrap_err();
@@ -174,7 +232,10 @@ fn allowlist_compares_paths_without_following_the_last_symlink() {
 #[test]
 fn slow_reader_gets_every_byte_of_1gib_with_bounded_buffers() {
     let a = agent_with(|_| {});
-    let h = a.client.exec(req(&["head", "-c", "1073741824", "/dev/zero"])).unwrap();
+    let h = a
+        .client
+        .exec(req(&["head", "-c", "1073741824", "/dev/zero"]))
+        .unwrap();
     let mut total = 0u64;
     let mut chunks = 0u64;
     let st = h
@@ -203,18 +264,27 @@ fn hundred_concurrent_execs_and_a_long_exec_does_not_block_files() {
     let c = &a.client;
     let long = c.exec(req(&["sleep", "30"])).unwrap();
     let t = Instant::now();
-    c.put_file(&format!("{root}/x"), &mut &b"data"[..], 0o600, None).unwrap();
+    c.put_file(&format!("{root}/x"), &mut &b"data"[..], 0o600, None)
+        .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
     std::thread::scope(|s| {
         let hs: Vec<_> = (0..100)
-            .map(|i| s.spawn(move || c.exec_collect(req(&["echo", &i.to_string()]), b"", None).unwrap()))
+            .map(|i| {
+                s.spawn(move || {
+                    c.exec_collect(req(&["echo", &i.to_string()]), b"", None)
+                        .unwrap()
+                })
+            })
             .collect();
         for (i, h) in hs.into_iter().enumerate() {
             assert_eq!(h.join().unwrap().stdout, format!("{i}\n").as_bytes());
         }
     });
     long.kill().unwrap();
-    assert_eq!(long.wait_with(|_| {}, |_| {}, None).unwrap().signal, Some(9));
+    assert_eq!(
+        long.wait_with(|_| {}, |_| {}, None).unwrap().signal,
+        Some(9)
+    );
 }
 
 #[test]
@@ -227,11 +297,18 @@ fn files_put_get_stat_and_escapes() {
     let a = agent_with(|d| d.file_roots = vec![r.clone()]);
     let c = &a.client;
 
-    c.put_file(&format!("{r}/a/b/f.txt"), &mut &b"hello"[..], 0o640, None).unwrap();
+    c.put_file(&format!("{r}/a/b/f.txt"), &mut &b"hello"[..], 0o640, None)
+        .unwrap();
     let st = c.stat(&format!("{r}/a/b/f.txt")).unwrap();
-    assert_eq!((st.kind, st.size, st.mode, st.uid), (FileKind::File, 5, 0o640, 65534));
+    assert_eq!(
+        (st.kind, st.size, st.mode, st.uid),
+        (FileKind::File, 5, 0o640, 65534)
+    );
     let mut got = Vec::new();
-    assert_eq!(c.get(&format!("{r}/a/b/f.txt"), &mut got).unwrap(), FileKind::File);
+    assert_eq!(
+        c.get(&format!("{r}/a/b/f.txt"), &mut got).unwrap(),
+        FileKind::File
+    );
     assert_eq!(got, b"hello");
 
     // Directory round trip through tar.
@@ -242,16 +319,32 @@ fn files_put_get_stat_and_escapes() {
     symlink("two", src.join("link")).unwrap();
     c.put_dir(&src, &format!("{r}/tree"), None).unwrap();
     assert_eq!(std::fs::read(root.join("tree/sub/one")).unwrap(), b"1");
-    assert_eq!(std::fs::read_link(root.join("tree/link")).unwrap(), Path::new("two"));
+    assert_eq!(
+        std::fs::read_link(root.join("tree/link")).unwrap(),
+        Path::new("two")
+    );
     let back = dir.path().join("back");
-    assert_eq!(c.get_to_path(&format!("{r}/tree"), &back).unwrap(), FileKind::Dir);
+    assert_eq!(
+        c.get_to_path(&format!("{r}/tree"), &back).unwrap(),
+        FileKind::Dir
+    );
     assert_eq!(std::fs::read(back.join("two")).unwrap(), vec![7u8; 300_000]);
-    assert_eq!(std::fs::read_link(back.join("link")).unwrap(), Path::new("two"));
+    assert_eq!(
+        std::fs::read_link(back.join("link")).unwrap(),
+        Path::new("two")
+    );
 
     // Escapes: `..`, outside the roots, symlinks pointing out.
-    let e = c.get(&format!("{r}/../outside"), &mut Vec::new()).unwrap_err();
+    let e = c
+        .get(&format!("{r}/../outside"), &mut Vec::new())
+        .unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::PathDenied), "{e}");
-    let e = c.get(&dir.path().join("outside").display().to_string(), &mut Vec::new()).unwrap_err();
+    let e = c
+        .get(
+            &dir.path().join("outside").display().to_string(),
+            &mut Vec::new(),
+        )
+        .unwrap_err();
     assert_eq!(e.remote_code(), Some(ErrorCode::PathDenied), "{e}");
     symlink(dir.path().join("outside"), root.join("abs-link")).unwrap();
     symlink("../outside", root.join("rel-link")).unwrap();
@@ -263,7 +356,13 @@ fn files_put_get_stat_and_escapes() {
         assert!(out.is_empty());
     }
     // Writing through a symlinked directory stays inside the root.
-    c.put_file(&format!("{r}/dir-link/escaped"), &mut &b"x"[..], 0o644, None).unwrap();
+    c.put_file(
+        &format!("{r}/dir-link/escaped"),
+        &mut &b"x"[..],
+        0o644,
+        None,
+    )
+    .unwrap();
     assert!(root.join("escaped").exists());
     assert!(!Path::new("/escaped").exists());
     // A tar with `..` is refused.
@@ -296,10 +395,20 @@ fn wrong_secret_is_rejected_and_workload_cannot_read_the_agent() {
     let e = connect(&a.service, &Secret::generate()).unwrap_err();
     assert!(matches!(e, ClientError::Auth(_)), "{e}");
     // The right secret still works afterwards.
-    connect(&a.service, &a.secret).unwrap().ping(Duration::from_secs(5)).unwrap();
+    connect(&a.service, &a.secret)
+        .unwrap()
+        .ping(Duration::from_secs(5))
+        .unwrap();
     // An unprivileged workload cannot read the agent's memory or environment.
     let me = std::process::id();
-    let out = a.client.exec_collect(sh(&format!("cat /proc/{me}/mem /proc/{me}/environ")), b"", None).unwrap();
+    let out = a
+        .client
+        .exec_collect(
+            sh(&format!("cat /proc/{me}/mem /proc/{me}/environ")),
+            b"",
+            None,
+        )
+        .unwrap();
     assert_ne!(out.status.code, Some(0));
     assert!(out.stdout.is_empty());
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&a.secret.to_hex()));

@@ -69,6 +69,9 @@ pub enum LaneError {
 impl LaneError {
     /// Wraps an I/O error with what was being done.
     pub fn io(op: impl Into<String>, source: std::io::Error) -> Self {
-        LaneError::Io { op: op.into(), source }
+        LaneError::Io {
+            op: op.into(),
+            source,
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::config::LaneConfig;
 use super::error::LaneError;
-use super::lane::{Lane, LaneProcess};
+use super::host::{Lane, LaneProcess};
 use super::process::Output;
 use super::protocol::{CommandSpec, ExitInfo};
 
@@ -26,9 +26,15 @@ pub enum HostKvm {
 /// `kvm_pvm` module is not what provides it.
 pub fn detect_host_kvm() -> HostKvm {
     if std::path::Path::new("/sys/module/kvm_pvm").exists() {
-        return HostKvm::Unusable("/dev/kvm is kvm_pvm (PVM), which cannot boot stock guest kernels".into());
+        return HostKvm::Unusable(
+            "/dev/kvm is kvm_pvm (PVM), which cannot boot stock guest kernels".into(),
+        );
     }
-    if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         return HostKvm::Unusable(format!("/dev/kvm is not usable: {e}"));
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -123,6 +129,14 @@ impl Process {
         }
     }
 
+    /// Stdout collected so far.
+    pub fn stdout_so_far(&self) -> Vec<u8> {
+        match self {
+            Process::Local(p) => p.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Process::Lane(p) => p.stdout_so_far().to_vec(),
+        }
+    }
+
     /// Kills the command's process group.
     pub fn kill(&self) {
         match self {
@@ -178,13 +192,21 @@ impl LocalProcess {
                     if n == 0 {
                         break;
                     }
-                    buf.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&chunk[..n]);
+                    buf.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend_from_slice(&chunk[..n]);
                 }
             })
         };
         let pumps = vec![
-            pump(Box::new(child.stdout.take().expect("piped")), stdout.clone()),
-            pump(Box::new(child.stderr.take().expect("piped")), stderr.clone()),
+            pump(
+                Box::new(child.stdout.take().expect("piped")),
+                stdout.clone(),
+            ),
+            pump(
+                Box::new(child.stderr.take().expect("piped")),
+                stderr.clone(),
+            ),
         ];
         Ok(LocalProcess {
             argv0: prog.clone(),
@@ -218,7 +240,9 @@ impl LocalProcess {
     fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner())).contains(needle) {
+            if String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner()))
+                .contains(needle)
+            {
                 return true;
             }
             if self.poll().is_some() || Instant::now() >= deadline {
@@ -237,8 +261,10 @@ impl LocalProcess {
                 return Err(LaneError::Timeout {
                     argv0: self.argv0.clone(),
                     secs: timeout.as_secs(),
-                    stderr: String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|e| e.into_inner()))
-                        .into_owned(),
+                    stderr: String::from_utf8_lossy(
+                        &self.stderr.lock().unwrap_or_else(|e| e.into_inner()),
+                    )
+                    .into_owned(),
                 });
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -246,7 +272,9 @@ impl LocalProcess {
         for p in self.pumps.drain(..) {
             let _ = p.join();
         }
-        let take = |b: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()));
+        let take = |b: &Arc<Mutex<Vec<u8>>>| {
+            std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
+        };
         Ok(Output {
             status: self.status.expect("checked"),
             stdout: take(&self.stdout),

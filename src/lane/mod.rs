@@ -18,8 +18,8 @@
 
 mod config;
 mod error;
+mod host;
 mod l2image;
-mod lane;
 mod launcher;
 mod process;
 pub mod protocol;
@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use config::LaneConfig;
 pub use error::LaneError;
-pub use lane::{tail_lines, Lane, LaneProcess};
+pub use host::{tail_lines, Lane, LaneProcess};
 pub use launcher::{detect_host_kvm, HostKvm, Launcher, LocalProcess, Process};
 pub use process::Output;
 pub use protocol::{CommandSpec, ExitInfo};

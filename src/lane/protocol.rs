@@ -133,6 +133,20 @@ pub fn read_frame<R: Read>(r: &mut R) -> std::io::Result<Option<Frame>> {
     }))
 }
 
+impl CommandSpec {
+    /// A command with the given argv, no extra environment, cwd `/`.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        CommandSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,19 +164,5 @@ mod tests {
         assert!(read_frame(&mut &huge[..]).is_err());
         assert!(read_frame(&mut &[3u8, 0, 0, 0, 1][..]).is_err());
         assert!(write_frame(&mut Vec::new(), STDOUT, 1, &vec![0; MAX_FRAME]).is_err());
-    }
-}
-
-impl CommandSpec {
-    /// A command with the given argv, no extra environment, cwd `/`.
-    pub fn new<I, S>(argv: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        CommandSpec {
-            argv: argv.into_iter().map(Into::into).collect(),
-            ..Default::default()
-        }
     }
 }

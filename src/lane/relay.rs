@@ -15,7 +15,11 @@ pub const RELAY_PORT_PREFIX: &str = "voidbox.relay.";
 
 /// Connects to the VMM's vsock socket and asks for `vsock_port`, retrying until the guest
 /// listens (the VMM resets the connection until then) or `timeout` passes.
-pub fn connect_vsock(uds: &Path, vsock_port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
+pub fn connect_vsock(
+    uds: &Path,
+    vsock_port: u32,
+    timeout: Duration,
+) -> std::io::Result<UnixStream> {
     let deadline = Instant::now() + timeout;
     let mut last_err;
     loop {
@@ -70,13 +74,21 @@ pub fn relay(port_name: &str, uds: &Path, vsock_port: u32, timeout: Duration) ->
     }
 }
 
-fn relay_inner(port_name: &str, uds: &Path, vsock_port: u32, timeout: Duration) -> std::io::Result<()> {
+fn relay_inner(
+    port_name: &str,
+    uds: &Path,
+    vsock_port: u32,
+    timeout: Duration,
+) -> std::io::Result<()> {
     let dev = vport::find_port(port_name, Duration::from_secs(10))?;
     let port = vport::open_port(&dev)?;
     vport::wait_host_connected(&port, timeout)?;
     let sock = connect_vsock(uds, vsock_port, timeout)?;
     // Tell the launcher (which reads our stdout) that the guest side is connected.
-    println!("RELAY-CONNECTED {port_name} -> {}:{vsock_port}", uds.display());
+    println!(
+        "RELAY-CONNECTED {port_name} -> {}:{vsock_port}",
+        uds.display()
+    );
     let mut port_in = port.try_clone()?;
     let mut port_out = port;
     let mut sock_in = sock.try_clone()?;

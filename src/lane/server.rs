@@ -51,13 +51,23 @@ fn serve_inner() -> std::io::Result<()> {
             .trim()
             .to_string(),
     };
-    send(&writer, protocol::READY, 0, &serde_json::to_vec(&ready).expect("serializes"));
+    send(
+        &writer,
+        protocol::READY,
+        0,
+        &serde_json::to_vec(&ready).expect("serializes"),
+    );
     let pids: Arc<Mutex<HashMap<u32, i32>>> = Arc::default();
     while let Some(frame) = protocol::read_frame(&mut reader)? {
         match frame.kind {
             protocol::SPAWN => match serde_json::from_slice::<CommandSpec>(&frame.payload) {
                 Ok(spec) => spawn(frame.id, spec, &writer, &pids),
-                Err(e) => send(&writer, protocol::SPAWN_FAILED, frame.id, format!("bad spec: {e}").as_bytes()),
+                Err(e) => send(
+                    &writer,
+                    protocol::SPAWN_FAILED,
+                    frame.id,
+                    format!("bad spec: {e}").as_bytes(),
+                ),
             },
             protocol::SIGNAL => {
                 let sig = frame
@@ -103,12 +113,19 @@ fn spawn(id: u32, spec: CommandSpec, writer: &Writer, pids: &Arc<Mutex<HashMap<u
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            send(writer, protocol::SPAWN_FAILED, id, format!("cannot run {prog}: {e}").as_bytes());
+            send(
+                writer,
+                protocol::SPAWN_FAILED,
+                id,
+                format!("cannot run {prog}: {e}").as_bytes(),
+            );
             return;
         }
     };
     let pid = child.id() as i32;
-    pids.lock().unwrap_or_else(|e| e.into_inner()).insert(id, pid);
+    pids.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, pid);
     let pump = |mut r: Box<dyn Read + Send>, kind: u8, w: Writer| {
         std::thread::spawn(move || {
             let mut buf = vec![0u8; protocol::CHUNK];
@@ -120,8 +137,16 @@ fn spawn(id: u32, spec: CommandSpec, writer: &Writer, pids: &Arc<Mutex<HashMap<u
             }
         })
     };
-    let out = pump(Box::new(child.stdout.take().expect("piped")), protocol::STDOUT, writer.clone());
-    let err = pump(Box::new(child.stderr.take().expect("piped")), protocol::STDERR, writer.clone());
+    let out = pump(
+        Box::new(child.stdout.take().expect("piped")),
+        protocol::STDOUT,
+        writer.clone(),
+    );
+    let err = pump(
+        Box::new(child.stderr.take().expect("piped")),
+        protocol::STDERR,
+        writer.clone(),
+    );
     let writer = writer.clone();
     let pids = pids.clone();
     std::thread::spawn(move || {
@@ -130,7 +155,14 @@ fn spawn(id: u32, spec: CommandSpec, writer: &Writer, pids: &Arc<Mutex<HashMap<u
         // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: `info` is a valid out-pointer; WNOWAIT leaves the child reapable.
-        unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
         pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         let status = child.wait();
         let _ = out.join();
@@ -142,6 +174,11 @@ fn spawn(id: u32, spec: CommandSpec, writer: &Writer, pids: &Arc<Mutex<HashMap<u
             },
             Err(_) => ExitInfo::default(),
         };
-        send(&writer, protocol::EXIT, id, &serde_json::to_vec(&exit).expect("serializes"));
+        send(
+            &writer,
+            protocol::EXIT,
+            id,
+            &serde_json::to_vec(&exit).expect("serializes"),
+        );
     });
 }

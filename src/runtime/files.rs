@@ -18,9 +18,9 @@ fn clean_relative(path: &Path, what: &str) -> Result<PathBuf> {
             Component::CurDir => {}
             _ => {
                 return Err(Error::Host(format!(
-                    "{what}: entry `{}` would be written outside its host directory; it was refused",
-                    path.display()
-                )))
+                "{what}: entry `{}` would be written outside its host directory; it was refused",
+                path.display()
+            )))
             }
         }
     }
@@ -261,7 +261,10 @@ mod tests {
             let err = unpack_into(&tar[..], &dest, "output /work/out").unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains("output /work/out"), "{msg}");
-            assert!(msg.contains("refused") || msg.contains("must point"), "case {i}: {msg}");
+            assert!(
+                msg.contains("refused") || msg.contains("must point"),
+                "case {i}: {msg}"
+            );
         }
         assert!(!outer.path().join("evil").exists());
         assert_eq!(fs::read_dir(outer.path()).unwrap().count(), cases.len());

@@ -108,9 +108,8 @@ pub fn resolve(
         if options.policy == PullPolicy::Always {
             options.policy = PullPolicy::IfMissing;
         }
-        let image = voidbox_oci::pull_blocking(store, &source, &options).map_err(|e| {
-            Error::Image(format!("cannot get guest image `{reference}`: {e}"))
-        })?;
+        let image = voidbox_oci::pull_blocking(store, &source, &options)
+            .map_err(|e| Error::Image(format!("cannot get guest image `{reference}`: {e}")))?;
         let (kernel, initramfs) = unpack_guest(store, home, &image.manifest)?;
         return Ok(GuestBoot {
             kernel,
@@ -131,7 +130,10 @@ pub fn resolve(
     Ok(GuestBoot {
         kernel,
         initramfs,
-        source: format!("default guest image {DEFAULT_GUEST_REF}@{}", record.manifest),
+        source: format!(
+            "default guest image {DEFAULT_GUEST_REF}@{}",
+            record.manifest
+        ),
     })
 }
 
@@ -143,7 +145,8 @@ pub fn unpack_guest(store: &Store, home: &Path, manifest: &Digest) -> Result<(Pa
     if kernel.is_file() && initramfs.is_file() {
         return Ok((kernel, initramfs));
     }
-    let bad = |reason: String| Error::Image(format!("guest image {manifest}: {reason}; {BUILD_HINT}"));
+    let bad =
+        |reason: String| Error::Image(format!("guest image {manifest}: {reason}; {BUILD_HINT}"));
     let data = store
         .read_blob(manifest)
         .map_err(|e| bad(format!("manifest not in the store ({e})")))?;
@@ -153,7 +156,8 @@ pub fn unpack_guest(store: &Store, home: &Path, manifest: &Digest) -> Result<(Pa
         return Err(bad("is an index, not an image manifest".into()));
     };
     let parent = home.join("guest");
-    fs::create_dir_all(&parent).map_err(|e| Error::host(format!("cannot create {}", parent.display()), e))?;
+    fs::create_dir_all(&parent)
+        .map_err(|e| Error::host(format!("cannot create {}", parent.display()), e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(&parent)
@@ -171,7 +175,9 @@ pub fn unpack_guest(store: &Store, home: &Path, manifest: &Digest) -> Result<(Pa
             Box::new(file)
         };
         let mut archive = tar::Archive::new(reader);
-        let entries = archive.entries().map_err(|e| bad(format!("layer {digest}: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| bad(format!("layer {digest}: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| bad(format!("layer {digest}: {e}")))?;
             let path = entry.path().map_err(|e| bad(e.to_string()))?;
@@ -258,9 +264,11 @@ fn target_dirs() -> Vec<PathBuf> {
 /// Builds the default guest image into the store.
 pub fn build(store: &Store, home: &Path, opts: &BuildOptions) -> Result<BuiltGuest> {
     let img = |e: voidbox_guest_image::Error| Error::Image(e.to_string());
-    let (agent_path, agent) =
-        compose::load_agent(opts.agent.as_deref(), &compose::agent_candidates(&target_dirs()))
-            .map_err(img)?;
+    let (agent_path, agent) = compose::load_agent(
+        opts.agent.as_deref(),
+        &compose::agent_candidates(&target_dirs()),
+    )
+    .map_err(img)?;
     let kernel = KernelStore::default_store()
         .ensure(&FetchOptions::from_env())
         .map_err(img)?;
@@ -278,14 +286,18 @@ pub fn build(store: &Store, home: &Path, opts: &BuildOptions) -> Result<BuiltGue
         applets,
         kernel: &kernel,
     };
-    let initramfs = compose::compose(&parts).map_err(img)?.encode(Compression::Gzip);
+    let initramfs = compose::compose(&parts)
+        .map_err(img)?
+        .encode(Compression::Gzip);
     let vmlinux = fs::read(kernel.vmlinux())
         .map_err(|e| Error::host(format!("cannot read {}", kernel.vmlinux().display()), e))?;
 
     let oci = |e: voidbox_oci::OciError| Error::Image(e.to_string());
     let mut layer = LayerWriter::new(store).map_err(oci)?;
     layer.add_file(KERNEL_PATH, 0o644, &vmlinux).map_err(oci)?;
-    layer.add_file(INITRAMFS_PATH, 0o644, &initramfs).map_err(oci)?;
+    layer
+        .add_file(INITRAMFS_PATH, 0o644, &initramfs)
+        .map_err(oci)?;
     let layer = layer.finish().map_err(oci)?;
     let mut labels = BTreeMap::new();
     labels.insert(GUEST_LABEL.to_string(), "v1".to_string());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nix::sys::termios::{self, SetArg, Termios};
 use voidbox_spec::Spec;
 
-use super::error::{exit_code, Error, Result};
+use super::error::{Error, Result};
 use super::events::{Event, EventSink};
 use super::session::RunContext;
 use super::workflow::{copy_inputs, copy_outputs};
@@ -67,7 +67,10 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
         std::io::stdin()
             .read_to_end(&mut data)
             .map_err(|e| Error::host("cannot read stdin", e))?;
-        let out = vm.client().exec_collect(req, &data, None).map_err(|e| exec_error(e, &what))?;
+        let out = vm
+            .client()
+            .exec_collect(req, &data, None)
+            .map_err(|e| exec_error(e, &what))?;
         let _ = std::io::stdout().write_all(&out.stdout);
         let _ = std::io::stderr().write_all(&out.stderr);
         out.status
@@ -93,7 +96,13 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
                 }
             })?
     };
-    copy_outputs(&vm, &plan, &mut Quiet, &ctx.cancel, status.shell_code() != 0)?;
+    copy_outputs(
+        &vm,
+        &plan,
+        &mut Quiet,
+        &ctx.cancel,
+        status.shell_code() != 0,
+    )?;
     vm.shutdown()?;
     if status.timed_out {
         return Err(Error::Timeout(format!(
@@ -112,7 +121,8 @@ struct RawMode {
 impl RawMode {
     fn enter() -> Result<Self> {
         let stdin = std::io::stdin();
-        let saved = termios::tcgetattr(&stdin).map_err(|e| Error::host("cannot read terminal settings", e))?;
+        let saved = termios::tcgetattr(&stdin)
+            .map_err(|e| Error::host("cannot read terminal settings", e))?;
         let mut raw = saved.clone();
         termios::cfmakeraw(&mut raw);
         termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw)
@@ -169,7 +179,11 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
         stdin: true,
         ..Default::default()
     };
-    let handle = Arc::new(vm.client().exec(req).map_err(|e| exec_error(e, "the shell"))?);
+    let handle = Arc::new(
+        vm.client()
+            .exec(req)
+            .map_err(|e| exec_error(e, "the shell"))?,
+    );
     let status = {
         let _raw = RawMode::enter()?;
         let writer = handle.clone();
@@ -199,6 +213,5 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
     let status = status.map_err(|e| exec_error(e, "the shell"))?;
     copy_outputs(&vm, &plan, &mut Quiet, &ctx.cancel, true)?;
     vm.shutdown()?;
-    let _ = exit_code::OK;
     Ok(status.shell_code())
 }

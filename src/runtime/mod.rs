@@ -23,3 +23,4 @@ pub mod workflow;
 
 pub use error::{exit_code, Error, Result};
 pub use events::{Event, EventSink, Stream};
+pub use voidbox_oci::PullPolicy;

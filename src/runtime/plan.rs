@@ -112,9 +112,14 @@ pub struct PlanContext<'a> {
     pub pull: PullOptions,
 }
 
-fn resolve_image(ctx: &PlanContext<'_>, reference: &str, field: &str, serial: String) -> Result<ImagePlan> {
-    let source = ImageSource::parse(reference)
-        .map_err(|e| Error::Image(format!("{field}: {e}")))?;
+fn resolve_image(
+    ctx: &PlanContext<'_>,
+    reference: &str,
+    field: &str,
+    serial: String,
+) -> Result<ImagePlan> {
+    let source =
+        ImageSource::parse(reference).map_err(|e| Error::Image(format!("{field}: {e}")))?;
     let mut options = ctx.pull.clone();
     if options.policy == PullPolicy::Always {
         options.policy = PullPolicy::IfMissing;
@@ -239,13 +244,21 @@ impl Plan {
             .enumerate()
             .map(|(i, s)| {
                 Ok(SkillPlan {
-                    image: resolve_image(ctx, &s.image, &format!("skills[{i}].image"), format!("voidbox-skill{i}"))?,
+                    image: resolve_image(
+                        ctx,
+                        &s.image,
+                        &format!("skills[{i}].image"),
+                        format!("voidbox-skill{i}"),
+                    )?,
                     mount: s.mount.clone(),
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         check_inputs(&sandbox.inputs)?;
-        let image_env = rootfs.as_ref().map(|r| r.image_env.clone()).unwrap_or_default();
+        let image_env = rootfs
+            .as_ref()
+            .map(|r| r.image_env.clone())
+            .unwrap_or_default();
         Ok(Plan {
             name: spec.name.clone(),
             kind: spec.kind.as_str(),
@@ -319,6 +332,8 @@ mod tests {
             guest: "/src".into(),
         }])
         .unwrap_err();
-        assert!(err.to_string().contains("sandbox.inputs[0].host /nonexistent/src"));
+        assert!(err
+            .to_string()
+            .contains("sandbox.inputs[0].host /nonexistent/src"));
     }
 }

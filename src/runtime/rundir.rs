@@ -36,11 +36,19 @@ impl RunDir {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir_in(&parent)
-            .map_err(|e| Error::host(format!("cannot create a run directory in {}", parent.display()), e))?;
+            .map_err(|e| {
+                Error::host(
+                    format!("cannot create a run directory in {}", parent.display()),
+                    e,
+                )
+            })?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::host("cannot make the run directory private", e))?;
         let path = dir.path().to_path_buf();
-        Ok(RunDir { dir: Some(dir), path })
+        Ok(RunDir {
+            dir: Some(dir),
+            path,
+        })
     }
 
     /// The directory.

@@ -93,9 +93,10 @@ impl<'a, S: StepDeps> Schedule<'a, S> {
             if self.states[i] != StepState::Pending {
                 continue;
             }
-            let blocked = step.depends_on().iter().find(|d| {
-                matches!(self.state_of(d), StepState::Failed | StepState::Skipped)
-            });
+            let blocked = step
+                .depends_on()
+                .iter()
+                .find(|d| matches!(self.state_of(d), StepState::Failed | StepState::Skipped));
             if let Some(dep) = blocked {
                 self.states[i] = StepState::Skipped;
                 return Next::Skip(i, dep.clone());
@@ -133,7 +134,8 @@ mod tests {
     use std::path::Path;
 
     fn steps(yaml_steps: &str) -> Vec<Step> {
-        let text = format!("api_version: v1\nkind: workflow\nname: t\nworkflow:\n  steps:\n{yaml_steps}");
+        let text =
+            format!("api_version: v1\nkind: workflow\nname: t\nworkflow:\n  steps:\n{yaml_steps}");
         voidbox_spec::parse_str(&text, "t", Path::new("/"))
             .unwrap()
             .workflow
@@ -166,7 +168,10 @@ mod tests {
     #[test]
     fn failure_skips_dependents_only() {
         let s = steps("    - {name: a, shell: x}\n    - {name: b, shell: x, depends_on: [a]}\n    - {name: c, shell: x, depends_on: [b], stdin_from: b}\n    - {name: d, shell: x}\n");
-        assert_eq!(drive(&s, &["a"]), ["run a", "skip b (a)", "skip c (b)", "run d"]);
+        assert_eq!(
+            drive(&s, &["a"]),
+            ["run a", "skip b (a)", "skip c (b)", "run d"]
+        );
         let sched = Schedule::new(&s);
         assert!(sched.stdout_is_needed(1));
         assert!(!sched.stdout_is_needed(0));

@@ -33,8 +33,12 @@ impl RunContext {
     /// The default home and store.
     pub fn open(pull: PullOptions, launch: LaunchOptions, cancel: Cancel) -> Result<Self> {
         let home = voidbox_home();
-        let store = Store::open(&home)
-            .map_err(|e| Error::Image(format!("cannot open the image store at {}: {e}", home.display())))?;
+        let store = Store::open(&home).map_err(|e| {
+            Error::Image(format!(
+                "cannot open the image store at {}: {e}",
+                home.display()
+            ))
+        })?;
         Ok(RunContext {
             home,
             store,

@@ -133,12 +133,18 @@ fn self_exe() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VOIDBOX_BIN").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(p));
     }
-    let exe = std::env::current_exe().map_err(|e| Error::host("cannot find the voidbox binary", e))?;
+    let exe =
+        std::env::current_exe().map_err(|e| Error::host("cannot find the voidbox binary", e))?;
     // Under `cargo test` the current exe is a test harness: use the built CLI.
     if exe.file_name().is_some_and(|n| n == "voidbox") {
         return Ok(exe);
     }
-    let candidates = [exe.parent().map(|d| d.join("voidbox")), exe.parent().and_then(Path::parent).map(|d| d.join("voidbox"))];
+    let candidates = [
+        exe.parent().map(|d| d.join("voidbox")),
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("voidbox")),
+    ];
     candidates
         .into_iter()
         .flatten()
@@ -215,6 +221,25 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))
 }
 
+/// L2 has private `/tmp` and `/run`: a boot file there (outside the shared
+/// home) is linked or copied into the run directory, which L2 sees.
+fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Result<PathBuf> {
+    let private = path.starts_with("/tmp") || path.starts_with("/run");
+    if path.starts_with(home) || !private {
+        return Ok(path.to_path_buf());
+    }
+    let dest = run_dir.join(format!("lane-{name}"));
+    if fs::hard_link(path, &dest).is_err() {
+        fs::copy(path, &dest).map_err(|e| {
+            Error::host(
+                format!("cannot copy {} into the run directory", path.display()),
+                e,
+            )
+        })?;
+    }
+    Ok(dest)
+}
+
 enum Vmm {
     Local(Child),
     Lane {
@@ -271,7 +296,10 @@ impl Vm {
                 let uds = run_path.join("vsock.sock");
                 let cfg = vm_config(plan, &boot_archive, &uds, &console);
                 let cfg_path = run_path.join("vm.json");
-                write_private(&cfg_path, &serde_json::to_vec_pretty(&cfg).expect("config serializes"))?;
+                write_private(
+                    &cfg_path,
+                    &serde_json::to_vec_pretty(&cfg).expect("config serializes"),
+                )?;
                 let stderr = fs::File::create(&vmm_stderr)
                     .map_err(|e| Error::host("cannot create the VMM log", e))?;
                 let mut cmd = Command::new(&vmm_bin);
@@ -293,30 +321,58 @@ impl Vm {
                 vm.connect_local(&uds, &secret, deadline, cancel)?;
             }
             LaunchMode::NestedLane(_) => {
-                let mut cfg = LaneConfig::new(vec![self_exe()?.display().to_string(), "lane-l2".into()]);
-                cfg.shared_dirs = vec![run_path.clone(), console.parent().unwrap_or(home).to_path_buf()];
+                let mut cfg =
+                    LaneConfig::new(vec![self_exe()?.display().to_string(), "lane-l2".into()]);
+                // The whole home (run dir, logs, disks, guest files) at the same
+                // path: L2's own /tmp and /run are private, so a home there
+                // would otherwise be invisible to the VMM.
+                cfg.shared_dirs = vec![home.to_path_buf()];
                 cfg.mem_mib = (plan.memory_mb + 768).max(1536);
                 cfg.smp = plan.vcpus.clamp(1, 2);
                 cfg.start_timeout = opts.boot_timeout;
-                let lane = Lane::start(cfg).map_err(|e| Error::Launch(format!("the nested lane did not start: {e}")))?;
+                let lane = Lane::start(cfg)
+                    .map_err(|e| Error::Launch(format!("the nested lane did not start: {e}")))?;
                 if cancel.is_cancelled() {
                     return Err(Error::Interrupted);
                 }
                 // Unix sockets cannot live on the 9p share: the VMM's goes in L2's /run.
-                let name = run_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = run_path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 let l2_uds = PathBuf::from(format!("/run/{name}.vsock"));
-                let cfg = vm_config(plan, &boot_archive, &l2_uds, &console);
+                let mut lane_plan = plan.clone();
+                lane_plan.guest.kernel =
+                    visible_in_lane(&plan.guest.kernel, home, &run_path, "kernel")?;
+                lane_plan.guest.initramfs =
+                    visible_in_lane(&plan.guest.initramfs, home, &run_path, "initramfs")?;
+                let cfg = vm_config(&lane_plan, &boot_archive, &l2_uds, &console);
                 let cfg_path = run_path.join("vm.json");
-                write_private(&cfg_path, &serde_json::to_vec_pretty(&cfg).expect("config serializes"))?;
+                write_private(
+                    &cfg_path,
+                    &serde_json::to_vec_pretty(&cfg).expect("config serializes"),
+                )?;
                 let vmm = lane
-                    .spawn(&CommandSpec::new([vmm_bin.display().to_string(), "--config".into(), cfg_path.display().to_string()]))
-                    .map_err(|e| Error::Launch(format!("cannot start the VMM in the nested lane: {e}")))?;
-                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+                    .spawn(&CommandSpec::new([
+                        vmm_bin.display().to_string(),
+                        "--config".into(),
+                        cfg_path.display().to_string(),
+                    ]))
+                    .map_err(|e| {
+                        Error::Launch(format!("cannot start the VMM in the nested lane: {e}"))
+                    })?;
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_secs(5));
                 let relay = lane
                     .start_relay(0, &l2_uds, VSOCK_PORT, left)
                     .map_err(|e| Error::Launch(format!("cannot start the vsock relay: {e}")))?;
                 let relay_sock = lane.relay_socket(0);
-                vm.vmm = Some(Vmm::Lane { relay, vmm, _lane: Box::new(lane) });
+                vm.vmm = Some(Vmm::Lane {
+                    relay,
+                    vmm,
+                    _lane: Box::new(lane),
+                });
                 vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
             }
         }
@@ -344,7 +400,16 @@ impl Vm {
         if let Ok(stderr) = fs::read_to_string(&self.vmm_stderr) {
             let stderr = stderr.trim();
             if !stderr.is_empty() {
-                message.push_str(&format!("\n  voidbox-vmm: {}", stderr.lines().last().unwrap_or_default()));
+                for line in stderr
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    message.push_str(&format!("\n  voidbox-vmm: {line}"));
+                }
             }
         }
         Error::Boot {
@@ -362,20 +427,32 @@ impl Vm {
                 _ => None,
             },
             Vmm::Lane { vmm, .. } => match vmm.try_wait() {
-                Ok(Some(info)) => Some(info.to_string()),
+                Ok(Some(info)) => {
+                    // In the lane the VMM's stderr arrives over the control channel.
+                    let _ = fs::write(&self.vmm_stderr, vmm.stderr_so_far());
+                    Some(info.to_string())
+                }
                 Ok(None) => None,
                 Err(e) => Some(e.to_string()),
             },
         }
     }
 
-    fn connect_local(&mut self, uds: &Path, secret: &Secret, deadline: Instant, cancel: &Cancel) -> Result<()> {
+    fn connect_local(
+        &mut self,
+        uds: &Path,
+        secret: &Secret,
+        deadline: Instant,
+        cancel: &Cancel,
+    ) -> Result<()> {
         loop {
             if cancel.is_cancelled() {
                 return Err(Error::Interrupted);
             }
             if let Some(status) = self.vmm_exited() {
-                return Err(self.boot_error(format!("the VM stopped before its agent answered ({status})")));
+                return Err(self.boot_error(format!(
+                    "the VM stopped before its agent answered ({status})"
+                )));
             }
             match Client::connect_vsock(uds, secret, Duration::from_millis(500)) {
                 Ok(client) => {
@@ -383,23 +460,35 @@ impl Vm {
                     return Ok(());
                 }
                 Err(e @ ClientError::Auth(_)) => {
-                    return Err(self.boot_error(format!("the guest agent did not authenticate: {e}")))
+                    return Err(
+                        self.boot_error(format!("the guest agent did not authenticate: {e}"))
+                    )
                 }
                 Err(e) => {
                     if Instant::now() >= deadline {
-                        return Err(self.boot_error(format!("the guest agent did not answer in time ({e})")));
+                        return Err(self
+                            .boot_error(format!("the guest agent did not answer in time ({e})")));
                     }
                 }
             }
         }
     }
 
-    fn connect_lane(&mut self, sock: &Path, secret: &Secret, deadline: Instant, cancel: &Cancel) -> Result<()> {
+    fn connect_lane(
+        &mut self,
+        sock: &Path,
+        secret: &Secret,
+        deadline: Instant,
+        cancel: &Cancel,
+    ) -> Result<()> {
         let stream = loop {
             match std::os::unix::net::UnixStream::connect(sock) {
                 Ok(s) => break s,
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(self.boot_error(format!("cannot reach the lane relay {}: {e}", sock.display())))
+                    return Err(self.boot_error(format!(
+                        "cannot reach the lane relay {}: {e}",
+                        sock.display()
+                    )))
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
@@ -416,7 +505,9 @@ impl Vm {
                     self.client = Some(client);
                     return Ok(());
                 }
-                Ok(Err(e)) => return Err(self.boot_error(format!("the guest agent did not answer ({e})"))),
+                Ok(Err(e)) => {
+                    return Err(self.boot_error(format!("the guest agent did not answer ({e})")))
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(self.boot_error("the agent connection thread ended"))
@@ -428,7 +519,9 @@ impl Vm {
             }
             if let Some(status) = self.vmm_exited() {
                 self.kill();
-                return Err(self.boot_error(format!("the VM stopped before its agent answered ({status})")));
+                return Err(self.boot_error(format!(
+                    "the VM stopped before its agent answered ({status})"
+                )));
             }
         }
     }
@@ -451,13 +544,29 @@ impl Vm {
     /// Asks the guest to power off, waits for the VMM to exit (killing it
     /// after a grace period) and removes the run directory.
     pub fn shutdown(mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
         if let Some(client) = self.client.take() {
-            if let Err(e) = client.shutdown() {
-                tracing::warn!("guest shutdown: {e}");
-            }
+            // The guest resets right after it acknowledges; through the lane's
+            // relay the connection may never report closing, so the VMM's exit
+            // also ends the wait.
+            std::thread::scope(|s| {
+                let request = s.spawn(|| client.shutdown());
+                loop {
+                    if request.is_finished() {
+                        if let Ok(Err(e)) = request.join() {
+                            tracing::debug!("guest shutdown: {e}");
+                        }
+                        break;
+                    }
+                    if self.vmm_exited().is_some() || Instant::now() >= deadline {
+                        client.close();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
             client.close();
         }
-        let deadline = Instant::now() + Duration::from_secs(15);
         while self.vmm_exited().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -45,21 +45,35 @@ pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Canc
     let (uid, gid) = plan.user_ids();
     let owner = Some(UserSpec { uid, gid });
     for (i, input) in plan.inputs.iter().enumerate() {
-        let what = format!("sandbox.inputs[{i}] ({} -> {})", input.host.display(), input.guest);
-        let meta = std::fs::metadata(&input.host)
-            .map_err(|e| Error::Host(format!("{what}: cannot read {}: {e}", input.host.display())))?;
+        let what = format!(
+            "sandbox.inputs[{i}] ({} -> {})",
+            input.host.display(),
+            input.guest
+        );
+        let meta = std::fs::metadata(&input.host).map_err(|e| {
+            Error::Host(format!("{what}: cannot read {}: {e}", input.host.display()))
+        })?;
         let result = if meta.is_dir() {
             client.put_dir(&input.host, &input.guest, owner)
         } else {
             let mut f = std::fs::File::open(&input.host)
                 .map_err(|e| Error::Host(format!("{what}: {e}")))?;
             use std::os::unix::fs::PermissionsExt;
-            client.put_file(&input.guest, &mut f, meta.permissions().mode() & 0o777, owner)
+            client.put_file(
+                &input.guest,
+                &mut f,
+                meta.permissions().mode() & 0o777,
+                owner,
+            )
         };
         result.map_err(|e| guest_error(cancel, vm, &format!("copying {what}"), e))?;
         sink.emit(Event::InputCopied {
             guest: input.guest.clone(),
-            bytes: if meta.is_dir() { dir_size(&input.host) } else { meta.len() },
+            bytes: if meta.is_dir() {
+                dir_size(&input.host)
+            } else {
+                meta.len()
+            },
         });
     }
     Ok(())
@@ -95,7 +109,10 @@ pub fn copy_outputs(
         let mut data = Vec::new();
         let kind = match client.get(&output.guest, &mut data) {
             Ok(kind) => kind,
-            Err(ClientError::Remote { code: ErrorCode::NotFound, message }) if best_effort => {
+            Err(ClientError::Remote {
+                code: ErrorCode::NotFound,
+                message,
+            }) if best_effort => {
                 tracing::warn!("{what}: not copied: {message}");
                 continue;
             }
@@ -107,7 +124,9 @@ pub fn copy_outputs(
             Err(e) => return Err(guest_error(cancel, vm, &format!("copying {what}"), e)),
         };
         let bytes = match kind {
-            FileKind::Dir => files::unpack_into(&data[..], &output.host, &format!("output {}", output.guest))?,
+            FileKind::Dir => {
+                files::unpack_into(&data[..], &output.host, &format!("output {}", output.guest))?
+            }
             FileKind::File => {
                 let name = Path::new(&output.guest)
                     .file_name()
@@ -115,7 +134,11 @@ pub fn copy_outputs(
                     .unwrap_or_else(|| "output".into());
                 files::write_file_into(&data, &output.host, &name, 0o644)?
             }
-            other => return Err(Error::Host(format!("{what}: is a {other:?}, not a file or directory"))),
+            other => {
+                return Err(Error::Host(format!(
+                    "{what}: is a {other:?}, not a file or directory"
+                )))
+            }
         };
         sink.emit(Event::OutputCopied {
             guest: output.guest.clone(),
@@ -143,7 +166,9 @@ fn run_step(
             }
             Err(_) => {
                 env.remove(key);
-                tracing::warn!("llm.api_key_env: ${key} is not set on the host; the agent gets no key");
+                tracing::warn!(
+                    "llm.api_key_env: ${key} is not set on the host; the agent gets no key"
+                );
             }
         }
     }
@@ -279,7 +304,13 @@ pub fn run_steps(
                     stream: Stream::Stderr,
                     data: format!("voidbox: {message}\n"),
                 });
-                (StepResult { code, timed_out: false }, Vec::new())
+                (
+                    StepResult {
+                        code,
+                        timed_out: false,
+                    },
+                    Vec::new(),
+                )
             }
             Err(e) => return Err(guest_error(cancel, vm, &format!("step `{}`", step.name), e)),
         };

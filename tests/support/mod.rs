@@ -69,7 +69,11 @@ reboot -f
 /// Runs a command on the host and returns stdout, panicking with its stderr on failure.
 pub fn host(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -96,8 +100,15 @@ fn build_bin(package: &str, bin: &str, musl: bool) -> PathBuf {
         cmd.args(["--target", "x86_64-unknown-linux-musl"]);
     }
     let st = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(st.success(), "building {bin} failed (musl target: `rustup target add x86_64-unknown-linux-musl`)");
-    let sub = if musl { "x86_64-unknown-linux-musl/release" } else { "release" };
+    assert!(
+        st.success(),
+        "building {bin} failed (musl target: `rustup target add x86_64-unknown-linux-musl`)"
+    );
+    let sub = if musl {
+        "x86_64-unknown-linux-musl/release"
+    } else {
+        "release"
+    };
     dir.join(sub).join(bin)
 }
 
@@ -127,7 +138,8 @@ pub fn kernel() -> GuestKernel {
 /// Writes the test initramfs (gzip) to `dest`.
 pub fn build_test_initramfs(kernel: &GuestKernel, probe: &Path, dest: &Path) {
     let mut img = Initramfs::new();
-    img.add_file_from("bin/busybox", 0o755, Path::new("/bin/busybox")).unwrap();
+    img.add_file_from("bin/busybox", 0o755, Path::new("/bin/busybox"))
+        .unwrap();
     img.add_file_from("bin/probe", 0o755, probe).unwrap();
     for d in ["proc", "sys", "dev", "tmp"] {
         img.add_dir(d, 0o755).unwrap();
@@ -136,18 +148,24 @@ pub fn build_test_initramfs(kernel: &GuestKernel, probe: &Path, dest: &Path) {
     let mut load = String::new();
     for m in kernel.modules(GUEST_MODULES).unwrap() {
         let rel = m.rel_path.to_string_lossy().into_owned();
-        img.add_file_from(&format!("lib/modules/{rel}"), 0o644, &m.path).unwrap();
+        img.add_file_from(&format!("lib/modules/{rel}"), 0o644, &m.path)
+            .unwrap();
         load.push_str(&rel);
         load.push('\n');
     }
-    img.add_file("modules.load", 0o644, load.into_bytes()).unwrap();
-    img.add_file("init", 0o755, INIT.as_bytes().to_vec()).unwrap();
+    img.add_file("modules.load", 0o644, load.into_bytes())
+        .unwrap();
+    img.add_file("init", 0o755, INIT.as_bytes().to_vec())
+        .unwrap();
     img.write_to(dest, Compression::Gzip).unwrap();
 }
 
 /// Lane settings for the tests: the lane binary of this package, `shared` writable.
 pub fn lane_config(shared: &Path) -> LaneConfig {
-    let mut cfg = LaneConfig::new(vec![env!("CARGO_BIN_EXE_voidbox-lane").to_string()]);
+    let mut cfg = LaneConfig::new(vec![
+        env!("CARGO_BIN_EXE_voidbox").to_string(),
+        "lane-l2".to_string(),
+    ]);
     cfg.shared_dirs.push(shared.to_path_buf());
     cfg
 }
@@ -197,10 +215,19 @@ pub fn voidbox_vmm_command(vmm: &Path, b: &Boot) -> CommandSpec {
     ];
     for (p, ro, serial) in &b.disks {
         argv.push("--disk".into());
-        argv.push(format!("{}{},serial={serial}", p.display(), if *ro { ",ro" } else { "" }));
+        argv.push(format!(
+            "{}{},serial={serial}",
+            p.display(),
+            if *ro { ",ro" } else { "" }
+        ));
     }
     if let Some(u) = &b.vsock_uds {
-        argv.extend(["--vsock-uds".into(), u.display().to_string(), "--cid".into(), "3".into()]);
+        argv.extend([
+            "--vsock-uds".into(),
+            u.display().to_string(),
+            "--cid".into(),
+            "3".into(),
+        ]);
     }
     CommandSpec::new(argv)
 }
@@ -269,5 +296,8 @@ pub fn vbt_lines(console: &str) -> Vec<(String, String)> {
 
 /// The value of the first `VBT key` line.
 pub fn vbt<'a>(lines: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    lines.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }

@@ -4,12 +4,13 @@
 //! slot, the pvpanic device and `\_S5_`.
 
 use acpi_tables::aml::{
-    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate,
-    Scope, IO,
+    Device, EISAName, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope, IO,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -234,7 +235,7 @@ mod tests {
         let (dsdt_addr, _) = table(&t, b"DSDT");
         assert_eq!(u64_at(fadt, 140), dsdt_addr); // X_DSDT
         assert_ne!(u32_at(fadt, 112) & (1 << 20), 0); // HW_REDUCED_ACPI
-        // SLEEP_CONTROL_REG: system I/O at our PM port.
+                                                      // SLEEP_CONTROL_REG: system I/O at our PM port.
         assert_eq!(fadt[244], 1);
         assert_eq!(u64_at(fadt, 248), u64::from(ACPI_PM_PORT));
         for (addr, b) in &t.blobs {

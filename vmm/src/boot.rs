@@ -16,8 +16,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::cpu::paging::write_identity_tables;
 use crate::cpu::regs::EntryMode;
 use crate::layout::{
-    e820_map, low_ram_end, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR,
-    PVH_MEMMAP_ADDR, PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
+    e820_map, low_ram_end, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
+    PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
 };
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -43,7 +43,9 @@ pub enum BootError {
     #[error("{0} is not a Linux kernel (expected an ELF vmlinux or a bzImage); pass the kernel image, not a module or initrd")]
     NotAKernel(PathBuf),
     /// linux-loader rejected the image.
-    #[error("cannot load kernel {path}: {detail} (is it an x86_64 kernel that fits in --mem-mib?)")]
+    #[error(
+        "cannot load kernel {path}: {detail} (is it an x86_64 kernel that fits in --mem-mib?)"
+    )]
     KernelLoad {
         /// Path given.
         path: PathBuf,
@@ -59,7 +61,9 @@ pub enum BootError {
         source: std::io::Error,
     },
     /// The initrds do not fit between the kernel and the end of low memory.
-    #[error("the initrds ({size} bytes) do not fit in guest memory next to the kernel: raise --mem-mib")]
+    #[error(
+        "the initrds ({size} bytes) do not fit in guest memory next to the kernel: raise --mem-mib"
+    )]
     InitrdTooLarge {
         /// Total padded size.
         size: u64,
@@ -105,7 +109,9 @@ pub struct InitrdRange {
 fn is_bzimage(file: &mut File) -> bool {
     use std::io::{Seek, SeekFrom};
     let mut magic = [0u8; 4];
-    file.seek(SeekFrom::Start(0x202)).is_ok() && file.read_exact(&mut magic).is_ok() && magic == *b"HdrS"
+    file.seek(SeekFrom::Start(0x202)).is_ok()
+        && file.read_exact(&mut magic).is_ok()
+        && magic == *b"HdrS"
 }
 
 /// Loads the kernel at `path` into `mem`.
@@ -125,7 +131,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         detail: e.to_string(),
     };
     if has_magic && magic == *b"\x7fELF" {
-        let r = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+        let r =
+            Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
         let pvh_entry = match r.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(a) => Some(a.0),
             _ => None,
@@ -139,7 +146,8 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         });
     }
     if is_bzimage(&mut file) {
-        let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(load_err)?;
+        let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
+            .map_err(load_err)?;
         return Ok(LoadedKernel {
             pvh_entry: None,
             entry64: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
@@ -277,13 +285,15 @@ pub fn write_zero_page(
     initrd: Option<InitrdRange>,
     header: Option<setup_header>,
 ) -> Result<EntryMode, BootError> {
-    let mut params = boot_params::default();
-    params.hdr = header.unwrap_or_else(|| setup_header {
-        boot_flag: BOOT_FLAG_MAGIC,
-        header: HDRS_MAGIC,
-        kernel_alignment: KERNEL_MIN_ALIGN,
+    let mut params = boot_params {
+        hdr: header.unwrap_or_else(|| setup_header {
+            boot_flag: BOOT_FLAG_MAGIC,
+            header: HDRS_MAGIC,
+            kernel_alignment: KERNEL_MIN_ALIGN,
+            ..Default::default()
+        }),
         ..Default::default()
-    });
+    };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.cmd_line_ptr = CMDLINE_ADDR as u32;
     params.hdr.cmdline_size = cmdline_len as u32;
@@ -327,10 +337,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("a");
         let b = dir.path().join("b");
-        std::fs::File::create(&a).unwrap().write_all(b"07070").unwrap();
-        std::fs::File::create(&b).unwrap().write_all(b"XYZ!").unwrap();
+        std::fs::File::create(&a)
+            .unwrap()
+            .write_all(b"07070")
+            .unwrap();
+        std::fs::File::create(&b)
+            .unwrap()
+            .write_all(b"XYZ!")
+            .unwrap();
         let m = mem();
-        let rd = load_initrds(&m, &[a, b], 0x200_0000, 64 << 20).unwrap().unwrap();
+        let rd = load_initrds(&m, &[a, b], 0x200_0000, 64 << 20)
+            .unwrap()
+            .unwrap();
         assert_eq!(rd.size, 12);
         assert_eq!(rd.addr % PAGE, 0);
         assert!(rd.addr + rd.size <= 64 << 20);
@@ -343,7 +361,10 @@ mod tests {
     fn initrd_errors() {
         let dir = tempfile::tempdir().unwrap();
         let big = dir.path().join("big");
-        std::fs::File::create(&big).unwrap().set_len(60 << 20).unwrap();
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(60 << 20)
+            .unwrap();
         let m = mem();
         assert!(matches!(
             load_initrds(&m, &[big], 0x200_0000, 64 << 20),
@@ -366,7 +387,10 @@ mod tests {
         assert!(e.to_string().contains("--kernel"));
         let junk = dir.path().join("junk");
         std::fs::write(&junk, vec![0x55u8; 4096]).unwrap();
-        assert!(matches!(load_kernel(&m, &junk), Err(BootError::NotAKernel(_))));
+        assert!(matches!(
+            load_kernel(&m, &junk),
+            Err(BootError::NotAKernel(_))
+        ));
         assert!(matches!(
             load_kernel(&m, dir.path()),
             Err(BootError::NotAKernel(_))
@@ -392,7 +416,10 @@ mod tests {
             write_cmdline(&m, &"x".repeat(CMDLINE_MAX)),
             Err(BootError::CmdlineTooLong { .. })
         ));
-        assert!(matches!(write_cmdline(&m, "a\0b"), Err(BootError::CmdlineNul)));
+        assert!(matches!(
+            write_cmdline(&m, "a\0b"),
+            Err(BootError::CmdlineNul)
+        ));
     }
 
     #[test]

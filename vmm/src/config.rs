@@ -131,7 +131,9 @@ pub enum ConfigError {
     #[error("--vcpus {0} is out of range: use 1 to {MAX_VCPUS}")]
     Vcpus(u8),
     /// Reserved or invalid context id.
-    #[error("--cid {0} is invalid: guest context ids start at 3 (0-2 are reserved) and fit in 32 bits")]
+    #[error(
+        "--cid {0} is invalid: guest context ids start at 3 (0-2 are reserved) and fit in 32 bits"
+    )]
     GuestCid(u64),
     /// Disk serial too long.
     #[error("disk serial `{0}` is longer than 20 bytes (the virtio-blk id limit): shorten it")]

@@ -17,7 +17,9 @@ pub enum HostError {
     #[error("cannot open /dev/kvm: {0}")]
     KvmOpen(std::io::Error),
     /// More guest memory than the host has.
-    #[error("--mem-mib {requested} is more than this host's {host_mib} MiB of RAM: lower --mem-mib")]
+    #[error(
+        "--mem-mib {requested} is more than this host's {host_mib} MiB of RAM: lower --mem-mib"
+    )]
     MemoryTooLarge {
         /// Requested MiB.
         requested: u32,

@@ -43,10 +43,14 @@ pub enum Error {
     #[error("disk image {0} does not exist: create it (e.g. truncate -s 64M FILE) or fix the --disk path")]
     DiskMissing(PathBuf),
     /// The vsock socket path is served by another process.
-    #[error("vsock socket {0} is in use by another process: stop it or choose another --vsock-uds path")]
+    #[error(
+        "vsock socket {0} is in use by another process: stop it or choose another --vsock-uds path"
+    )]
     VsockInUse(PathBuf),
     /// The vsock socket path exists and is not a socket.
-    #[error("vsock path {0} exists and is not a socket: remove it or choose another --vsock-uds path")]
+    #[error(
+        "vsock path {0} exists and is not a socket: remove it or choose another --vsock-uds path"
+    )]
     VsockNotSocket(PathBuf),
     /// More devices than slots.
     #[error("{0} virtio devices requested, at most {MAX_SLOTS} fit: use fewer --disk")]
@@ -216,7 +220,12 @@ fn attach_devices(machine: &mut Machine, config: &VmConfig, slots: &[Slot]) -> R
             .interrupt_event()
             .try_clone()
             .map_err(|e| device_error(&what, e))?;
-        tracing::debug!(slot = slot.index, base = slot.base, irq = slot.irq, "{what}");
+        tracing::debug!(
+            slot = slot.index,
+            base = slot.base,
+            irq = slot.irq,
+            "{what}"
+        );
         machine.add_mmio_device(
             slot,
             Arc::new(Mutex::new(transport)),
@@ -268,7 +277,10 @@ mod tests {
         assert!(matches!(e, Error::DiskMissing(_)), "{e}");
         c.disks.clear();
         c.mem_mib = 1 << 30;
-        assert!(matches!(preflight(&c), Err(Error::Host(HostError::MemoryTooLarge { .. }))));
+        assert!(matches!(
+            preflight(&c),
+            Err(Error::Host(HostError::MemoryTooLarge { .. }))
+        ));
         c.mem_mib = 128;
         // A live listener on the vsock path is "in use"; a stale socket is removed.
         let sock = dir.path().join("v.sock");

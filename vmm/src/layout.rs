@@ -109,8 +109,21 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
     map
 }
 
+// The fixed boot structures must not overlap: checked at compile time.
+const _: () = {
+    assert!(GDT_ADDR + 32 <= IDT_ADDR);
+    assert!(PVH_MEMMAP_ADDR + 8 * 24 <= ZERO_PAGE_ADDR);
+    assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_ADDR);
+    assert!(BOOT_STACK_ADDR < PML4_ADDR);
+    assert!(PML4_ADDR + crate::cpu::paging::TABLES_SIZE <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START && VIRTIO_MMIO_START < IOAPIC_ADDR);
+};
+
 /// Allocates the guest memory for `mem_bytes` (anonymous, private mappings).
-pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
+pub fn create_guest_memory(
+    mem_bytes: u64,
+) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
     GuestMemoryMmap::from_ranges(&ram_ranges(mem_bytes))
 }
 
@@ -128,7 +141,11 @@ mod tests {
         let e = e820_map(256 * MIB);
         assert_eq!(e.len(), 3);
         assert_eq!(e[2].addr + e[2].size, 256 * MIB);
-        let total_ram: u64 = e.iter().filter(|x| x.kind == E820_RAM).map(|x| x.size).sum();
+        let total_ram: u64 = e
+            .iter()
+            .filter(|x| x.kind == E820_RAM)
+            .map(|x| x.size)
+            .sum();
         assert_eq!(total_ram, 256 * MIB - (HIMEM_START - EBDA_START));
     }
 
@@ -148,16 +165,5 @@ mod tests {
         }
         assert!(!gm.address_in_range(GuestAddress(VIRTIO_MMIO_START)));
         assert!(!gm.address_in_range(GuestAddress(LAPIC_ADDR)));
-    }
-
-    #[test]
-    fn fixed_addresses_do_not_overlap() {
-        assert!(GDT_ADDR + 32 <= IDT_ADDR);
-        assert!(PVH_MEMMAP_ADDR + 8 * 24 <= ZERO_PAGE_ADDR);
-        assert!(ZERO_PAGE_ADDR + 4096 <= BOOT_STACK_ADDR);
-        assert!(BOOT_STACK_ADDR < PML4_ADDR);
-        assert!(PML4_ADDR + crate::cpu::paging::TABLES_SIZE <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START && VIRTIO_MMIO_START < IOAPIC_ADDR);
     }
 }

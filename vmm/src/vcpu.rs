@@ -1,6 +1,7 @@
 //! vCPU threads: run KVM_RUN, route port and MMIO exits to the buses, and
 //! turn guest-initiated endings into [`ExitEvent`]s.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,6 +25,42 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
 enum Step {
     Continue,
     Stop(ExitEvent),
+}
+
+/// Exit counts of one vCPU, logged at debug level when it stops (to find
+/// exits worth avoiding).
+#[derive(Default)]
+struct ExitStats {
+    ports: BTreeMap<(u16, bool), u64>,
+    mmio: u64,
+    other: u64,
+}
+
+impl ExitStats {
+    fn record(&mut self, exit: &VcpuExit<'_>) {
+        match exit {
+            VcpuExit::IoIn(port, _) => *self.ports.entry((*port, false)).or_default() += 1,
+            VcpuExit::IoOut(port, _) => *self.ports.entry((*port, true)).or_default() += 1,
+            VcpuExit::MmioRead(..) | VcpuExit::MmioWrite(..) => self.mmio += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    fn log(&self, id: usize) {
+        let mut top: Vec<_> = self.ports.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1));
+        let top: Vec<String> = top
+            .iter()
+            .take(8)
+            .map(|((port, out), n)| format!("{}{port:#x}={n}", if *out { "out" } else { "in" }))
+            .collect();
+        tracing::debug!(
+            "vCPU {id} exits: mmio={} other={} ports: {}",
+            self.mmio,
+            self.other,
+            top.join(" ")
+        );
+    }
 }
 
 fn handle_exit(exit: VcpuExit<'_>, id: usize, pio: &Bus, mmio: &Bus) -> Step {
@@ -85,17 +122,39 @@ fn handle_exit(exit: VcpuExit<'_>, id: usize, pio: &Bus, mmio: &Bus) -> Step {
     Step::Continue
 }
 
-fn run_vcpu(mut vcpu: VcpuFd, id: usize, pio: Arc<Bus>, mmio: Arc<Bus>, exit: ExitSender, stop: Arc<AtomicBool>) {
+fn run_vcpu(
+    mut vcpu: VcpuFd,
+    id: usize,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    exit: ExitSender,
+    stop: Arc<AtomicBool>,
+) {
+    let mut stats = ExitStats::default();
+    let debug = tracing::enabled!(tracing::Level::DEBUG);
     while !stop.load(Ordering::Acquire) {
         let step = match vcpu.run() {
-            Ok(e) => handle_exit(e, id, &pio, &mmio),
+            Ok(e) => {
+                if debug {
+                    stats.record(&e);
+                }
+                handle_exit(e, id, &pio, &mmio)
+            }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Continue,
-            Err(e) => Step::Stop(ExitEvent::VcpuError(format!("vCPU {id}: KVM_RUN failed: {e}"))),
+            Err(e) => Step::Stop(ExitEvent::VcpuError(format!(
+                "vCPU {id}: KVM_RUN failed: {e}"
+            ))),
         };
         if let Step::Stop(event) = step {
+            if debug {
+                stats.log(id);
+            }
             let _ = exit.send(event);
             return;
         }
+    }
+    if debug {
+        stats.log(id);
     }
 }
 
@@ -143,6 +202,8 @@ impl VcpuThreads {
         for h in self.handles {
             if h.is_finished() {
                 let _ = h.join();
+            } else {
+                tracing::warn!("a vCPU thread did not stop within 1 s; exiting without it");
             }
         }
     }

@@ -8,7 +8,10 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_pit_config, kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES,
+    KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -188,7 +191,8 @@ impl Machine {
         let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(irq, writer)));
         self.pio.insert(COM1_PORT.into(), COM1_PORT_LEN, serial)?;
         let i8042: SharedDevice = Arc::new(Mutex::new(I8042::new(self.exit_tx.clone())));
-        self.pio.insert(I8042_PORT_BASE.into(), I8042_PORT_LEN, i8042)?;
+        self.pio
+            .insert(I8042_PORT_BASE.into(), I8042_PORT_LEN, i8042)?;
         let pvpanic: SharedDevice = Arc::new(Mutex::new(PvPanic::new(self.exit_tx.clone())));
         self.pio.insert(PVPANIC_PORT.into(), 1, pvpanic)?;
         let pm: SharedDevice = Arc::new(Mutex::new(AcpiPm::new(self.exit_tx.clone())));
@@ -210,7 +214,10 @@ impl Machine {
             let set = vcpu.set_msrs(&msrs).map_err(kvm_err("set MSRs"))?;
             if set != msrs.as_slice().len() {
                 let refused = msrs.as_slice()[set].index;
-                tracing::warn!("KVM accepted {set} of {} boot MSRs (refused {refused:#x})", msrs.as_slice().len());
+                tracing::warn!(
+                    "KVM accepted {set} of {} boot MSRs (refused {refused:#x})",
+                    msrs.as_slice().len()
+                );
             }
             let mut lapic = vcpu.get_lapic().map_err(kvm_err("get LAPIC"))?;
             configure_lint(&mut lapic);
@@ -280,7 +287,9 @@ impl Machine {
             .map_err(VmError::Thread)?;
         drop(self.exit_tx);
         let outcome = wait_for_exit(&self.exit_rx, &self.console_log);
+        tracing::debug!("VM ends: {outcome:?}; stopping vCPUs");
         threads.stop();
+        tracing::debug!("vCPUs stopped");
         outcome
     }
 }
@@ -289,10 +298,7 @@ fn last_lines(log: &Mutex<ConsoleLog>) -> Vec<String> {
     log.lock().unwrap_or_else(|e| e.into_inner()).panic_report()
 }
 
-fn wait_for_exit(
-    rx: &Receiver<ExitEvent>,
-    log: &Mutex<ConsoleLog>,
-) -> Result<VmOutcome, VmError> {
+fn wait_for_exit(rx: &Receiver<ExitEvent>, log: &Mutex<ConsoleLog>) -> Result<VmOutcome, VmError> {
     loop {
         let event = rx.recv().map_err(|_| VmError::VcpusGone)?;
         match event {
@@ -307,7 +313,9 @@ fn wait_for_exit(
                     let left = deadline.saturating_duration_since(Instant::now());
                     match rx.recv_timeout(left) {
                         Ok(ExitEvent::Panic(_)) => continue,
-                        Ok(_) | Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                        Ok(_)
+                        | Err(RecvTimeoutError::Timeout)
+                        | Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
                 return Ok(VmOutcome::Panic {

@@ -16,8 +16,11 @@ use voidbox_vmm::vm::{Machine, VmOutcome};
 const CODE: u64 = 0x10_0000;
 const MIB: u64 = 1 << 20;
 
+/// (offset, bytes) of each write a test device saw.
+type WriteLog = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// Answers reads with 'Z' and records writes.
-struct TestWindow(Arc<Mutex<Vec<(u64, Vec<u8>)>>>);
+struct TestWindow(WriteLog);
 impl BusDevice for TestWindow {
     fn read(&mut self, _offset: u64, data: &mut [u8]) {
         data.fill(b'Z');
@@ -60,7 +63,9 @@ fn long_mode_payload_uses_serial_mmio_ioeventfd_and_resets() {
 
     let writes = Arc::new(Mutex::new(Vec::new()));
     let window = Arc::new(Mutex::new(TestWindow(writes.clone())));
-    let notify: Vec<EventFd> = (0..2).map(|_| EventFd::new(EFD_NONBLOCK).unwrap()).collect();
+    let notify: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
     let irq = EventFd::new(EFD_NONBLOCK).unwrap();
     let slot0 = Slot::new(0).unwrap();
     let slot1 = Slot::new(1).unwrap();
@@ -99,17 +104,32 @@ fn cpuid_reports_vcpu_count_and_hypervisor() {
 fn acpi_poweroff_pvpanic_and_triple_fault() {
     // mov dx,0x600; mov al,(5<<2)|0x20; out dx,al; hlt
     let poweroff = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x34, 0xee, 0xf4];
-    assert_eq!(long_mode_machine(1, &poweroff).run().unwrap(), VmOutcome::Poweroff);
+    assert_eq!(
+        long_mode_machine(1, &poweroff).run().unwrap(),
+        VmOutcome::Poweroff
+    );
 
     // pvpanic: mov dx,0x505; mov al,1; out dx,al; then reset.
     let mut panic = vec![0x66, 0xba, 0x05, 0x05, 0xb0, 0x01, 0xee];
     panic.extend(I8042_RESET);
     let out = long_mode_machine(1, &panic).run().unwrap();
-    assert!(matches!(out, VmOutcome::Panic { source: PanicSource::Pvpanic, .. }), "{out:?}");
+    assert!(
+        matches!(
+            out,
+            VmOutcome::Panic {
+                source: PanicSource::Pvpanic,
+                ..
+            }
+        ),
+        "{out:?}"
+    );
     assert_eq!(out.exit_code(), voidbox_vmm::exit_code::GUEST_PANIC);
 
     // ud2 with an empty IDT: #UD -> #GP -> #DF -> triple fault = reset.
-    assert_eq!(long_mode_machine(1, &[0x0f, 0x0b]).run().unwrap(), VmOutcome::Reset);
+    assert_eq!(
+        long_mode_machine(1, &[0x0f, 0x0b]).run().unwrap(),
+        VmOutcome::Reset
+    );
 }
 
 #[test]
@@ -138,8 +158,19 @@ fn pvh_entry_runs_in_protected_mode() {
     code.extend(I8042_RESET);
     let mut m = Machine::new(128 * MIB, 1, ConsoleSink::Off).unwrap();
     m.memory().write_slice(&code, GuestAddress(CODE)).unwrap();
-    m.configure_boot(EntryMode::Pvh { start_info: 0x6000 }, CODE).unwrap();
+    m.configure_boot(EntryMode::Pvh { start_info: 0x6000 }, CODE)
+        .unwrap();
     let log = console(&m);
     assert_eq!(m.run().unwrap(), VmOutcome::Reset);
     assert_eq!(log.lock().unwrap().lines(), vec!["P".to_string()]);
+}
+
+#[test]
+fn reset_while_guest_keeps_running_stops_the_vcpu() {
+    // ACPI reset register write, then spin without exits: the VMM must
+    // still stop the vCPU (signal kick) and return.
+    let code = [0x66, 0xba, 0x00, 0x06, 0xb0, 0x01, 0xee, 0xeb, 0xfe];
+    let start = std::time::Instant::now();
+    assert_eq!(long_mode_machine(1, &code).run().unwrap(), VmOutcome::Reset);
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
 }

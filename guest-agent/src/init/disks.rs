@@ -22,7 +22,11 @@ fn scan(serial: &str) -> (Option<String>, Vec<String>) {
 /// The device node of the disk with `serial`, waiting up to `timeout` for it
 /// to appear (modules probe asynchronously). `overrides` are explicit
 /// serial=device pairs passed by the PID 1 test harness.
-pub fn find(serial: &str, overrides: &[(String, String)], timeout: Duration) -> Result<String, String> {
+pub fn find(
+    serial: &str,
+    overrides: &[(String, String)],
+    timeout: Duration,
+) -> Result<String, String> {
     if let Some((_, dev)) = overrides.iter().find(|(s, _)| s == serial) {
         return Ok(dev.clone());
     }

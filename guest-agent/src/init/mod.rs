@@ -71,8 +71,14 @@ pub fn run(args: &[String]) -> ! {
     }
     let kmsg = std::fs::OpenOptions::new().write(true).open("/dev/kmsg");
     match kmsg {
-        Ok(f) => crate::log::LineLogger::install(Box::new(f), tracing::Level::INFO, "voidbox-agent"),
-        Err(_) => crate::log::LineLogger::install(Box::new(std::io::sink()), tracing::Level::INFO, "voidbox-agent"),
+        Ok(f) => {
+            crate::log::LineLogger::install(Box::new(f), tracing::Level::INFO, "voidbox-agent")
+        }
+        Err(_) => crate::log::LineLogger::install(
+            Box::new(std::io::sink()),
+            tracing::Level::INFO,
+            "voidbox-agent",
+        ),
     }
     let data = match take_boot_data() {
         Ok(d) => d,
@@ -82,7 +88,10 @@ pub fn run(args: &[String]) -> ! {
         tracing::warn!("module loading: {e}");
     }
     if let Some(c) = data.clock {
-        let ts = libc::timespec { tv_sec: c.unix_secs as _, tv_nsec: c.nanos as _ };
+        let ts = libc::timespec {
+            tv_sec: c.unix_secs as _,
+            tv_nsec: c.nanos as _,
+        };
         // SAFETY: a valid timespec pointer.
         if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
             tracing::warn!("clock_settime: {}", std::io::Error::last_os_error());
@@ -92,15 +101,20 @@ pub fn run(args: &[String]) -> ! {
     // SAFETY: pointer and length of a live byte slice.
     unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) };
     if let Some(serial) = &data.disks.base_serial {
-        let dev = disks::find(serial, &opts.disks, Duration::from_secs(10)).unwrap_or_else(|e| fatal(&e));
+        let dev =
+            disks::find(serial, &opts.disks, Duration::from_secs(10)).unwrap_or_else(|e| fatal(&e));
         if let Err(e) = mounts::switch_root(&dev) {
             fatal(&format!("entering the base image on {dev}: {e}"));
         }
     }
     for skill in &data.disks.skills {
-        let dev = disks::find(&skill.serial, &opts.disks, Duration::from_secs(10)).unwrap_or_else(|e| fatal(&e));
+        let dev = disks::find(&skill.serial, &opts.disks, Duration::from_secs(10))
+            .unwrap_or_else(|e| fatal(&e));
         if let Err(e) = mounts::mount_skill(&dev, &skill.path, &skill.fstype) {
-            fatal(&format!("mounting skill {} at {}: {e}", skill.serial, skill.path));
+            fatal(&format!(
+                "mounting skill {} at {}: {e}",
+                skill.serial, skill.path
+            ));
         }
     }
     let cgroup_root = mounts::cgroups().unwrap_or_else(|e| fatal(&format!("cgroup2: {e}")));
@@ -127,8 +141,10 @@ fn service_main(config: ServiceConfig, opts: &InitOptions) -> ! {
     let service = Service::new(config);
     if let Some(name) = &opts.listen_abstract {
         use std::os::linux::net::SocketAddrExt;
-        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap_or_else(|e| fatal(&e.to_string()));
-        let l = UnixListener::bind_addr(&addr).unwrap_or_else(|e| fatal(&format!("bind @{name}: {e}")));
+        let addr = SocketAddr::from_abstract_name(name.as_bytes())
+            .unwrap_or_else(|e| fatal(&e.to_string()));
+        let l =
+            UnixListener::bind_addr(&addr).unwrap_or_else(|e| fatal(&format!("bind @{name}: {e}")));
         tracing::info!("listening on unix:@{name}");
         for c in l.incoming().flatten() {
             let svc = service.clone();
@@ -140,7 +156,8 @@ fn service_main(config: ServiceConfig, opts: &InitOptions) -> ! {
         }
         fatal("listener failed");
     }
-    let l = VsockListener::bind(VSOCK_PORT).unwrap_or_else(|e| fatal(&format!("vsock port {VSOCK_PORT}: {e}")));
+    let l = VsockListener::bind(VSOCK_PORT)
+        .unwrap_or_else(|e| fatal(&format!("vsock port {VSOCK_PORT}: {e}")));
     tracing::info!("listening on vsock port {VSOCK_PORT}");
     loop {
         match l.accept() {
@@ -175,13 +192,18 @@ fn reap(service: i32) -> ! {
 /// Reads and deletes the boot data before anything else can run.
 fn take_boot_data() -> Result<BootData, String> {
     use std::io::Read;
-    let f = std::fs::File::open(BOOT_DATA_PATH).map_err(|e| format!("boot data {BOOT_DATA_PATH}: {e}"))?;
+    let f = std::fs::File::open(BOOT_DATA_PATH)
+        .map_err(|e| format!("boot data {BOOT_DATA_PATH}: {e}"))?;
     let mut bytes = Vec::new();
-    f.take(MAX_BOOT_DATA_LEN + 1).read_to_end(&mut bytes).map_err(|e| format!("reading boot data: {e}"))?;
+    f.take(MAX_BOOT_DATA_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("reading boot data: {e}"))?;
     std::fs::remove_file(BOOT_DATA_PATH).map_err(|e| format!("deleting boot data: {e}"))?;
     let _ = std::fs::remove_dir("/.voidbox");
     if bytes.len() as u64 > MAX_BOOT_DATA_LEN {
-        return Err(format!("boot data is larger than {MAX_BOOT_DATA_LEN} bytes"));
+        return Err(format!(
+            "boot data is larger than {MAX_BOOT_DATA_LEN} bytes"
+        ));
     }
     let data = BootData::from_json(&bytes).map_err(|e| e.to_string());
     bytes.iter_mut().for_each(|b| *b = 0);

@@ -10,12 +10,20 @@ use std::path::{Path, PathBuf};
 const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
 
 fn release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn module_name(path: &str) -> String {
-    let file = Path::new(path).file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
-    file.split(".ko").next().unwrap_or_default().replace('-', "_")
+    let file = Path::new(path)
+        .file_name()
+        .map(|f| f.to_string_lossy().to_string())
+        .unwrap_or_default();
+    file.split(".ko")
+        .next()
+        .unwrap_or_default()
+        .replace('-', "_")
 }
 
 /// Loads every module listed in `/lib/modules/$(uname -r)/modules.dep`.
@@ -31,9 +39,14 @@ pub fn load_all(params: &BTreeMap<String, String>) -> Result<(), String> {
     let mut deps: HashMap<String, Vec<String>> = HashMap::new();
     let mut order = Vec::new();
     for line in dep.lines() {
-        let Some((m, d)) = line.split_once(':') else { continue };
+        let Some((m, d)) = line.split_once(':') else {
+            continue;
+        };
         order.push(m.to_string());
-        deps.insert(m.to_string(), d.split_whitespace().map(String::from).collect());
+        deps.insert(
+            m.to_string(),
+            d.split_whitespace().map(String::from).collect(),
+        );
     }
     let mut done = HashSet::new();
     for m in &order {
@@ -66,7 +79,11 @@ fn load(
     };
     let name = module_name(m);
     let p = CString::new(params.get(&name).cloned().unwrap_or_default()).unwrap_or_default();
-    let flags = if m.ends_with(".ko") { 0 } else { MODULE_INIT_COMPRESSED_FILE };
+    let flags = if m.ends_with(".ko") {
+        0
+    } else {
+        MODULE_INIT_COMPRESSED_FILE
+    };
     // SAFETY: finit_module with a valid fd, a NUL-terminated params string and flags.
     let r = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), p.as_ptr(), flags) };
     if r < 0 {

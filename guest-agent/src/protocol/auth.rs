@@ -123,10 +123,20 @@ const HOST_LABEL: &[u8] = b"voidbox-host";
 const GUEST_LABEL: &[u8] = b"voidbox-guest";
 
 /// Host side: the proof to send in `Auth`.
-pub fn host_proof(secret: &Secret, version: u32, guest_nonce: &str, host_nonce: &str) -> Result<String, AuthError> {
+pub fn host_proof(
+    secret: &Secret,
+    version: u32,
+    guest_nonce: &str,
+    host_nonce: &str,
+) -> Result<String, AuthError> {
     let g = nonce("nonce", guest_nonce)?;
     let h = nonce("client_nonce", host_nonce)?;
-    Ok(hex::encode(secret.mac(HOST_LABEL, version, &g, &h).finalize().into_bytes()))
+    Ok(hex::encode(
+        secret
+            .mac(HOST_LABEL, version, &g, &h)
+            .finalize()
+            .into_bytes(),
+    ))
 }
 
 /// Guest side: checks the host's proof in constant time.
@@ -140,14 +150,27 @@ pub fn verify_host_proof(
     let g = nonce("nonce", guest_nonce)?;
     let h = nonce("client_nonce", host_nonce)?;
     let m = mac_bytes("mac", mac)?;
-    secret.mac(HOST_LABEL, version, &g, &h).verify_slice(&m).map_err(|_| AuthError::BadMac)
+    secret
+        .mac(HOST_LABEL, version, &g, &h)
+        .verify_slice(&m)
+        .map_err(|_| AuthError::BadMac)
 }
 
 /// Guest side: the proof to send in `AuthOk`.
-pub fn guest_proof(secret: &Secret, version: u32, guest_nonce: &str, host_nonce: &str) -> Result<String, AuthError> {
+pub fn guest_proof(
+    secret: &Secret,
+    version: u32,
+    guest_nonce: &str,
+    host_nonce: &str,
+) -> Result<String, AuthError> {
     let g = nonce("nonce", guest_nonce)?;
     let h = nonce("client_nonce", host_nonce)?;
-    Ok(hex::encode(secret.mac(GUEST_LABEL, version, &g, &h).finalize().into_bytes()))
+    Ok(hex::encode(
+        secret
+            .mac(GUEST_LABEL, version, &g, &h)
+            .finalize()
+            .into_bytes(),
+    ))
 }
 
 /// Host side: checks the guest's proof in constant time.
@@ -161,7 +184,10 @@ pub fn verify_guest_proof(
     let g = nonce("nonce", guest_nonce)?;
     let h = nonce("client_nonce", host_nonce)?;
     let m = mac_bytes("mac", mac)?;
-    secret.mac(GUEST_LABEL, version, &g, &h).verify_slice(&m).map_err(|_| AuthError::BadMac)
+    secret
+        .mac(GUEST_LABEL, version, &g, &h)
+        .verify_slice(&m)
+        .map_err(|_| AuthError::BadMac)
 }
 
 #[cfg(test)]
@@ -175,11 +201,20 @@ mod tests {
         let (g, h) = (fresh_nonce(), fresh_nonce());
         let p = host_proof(&k, 1, &g, &h).unwrap();
         verify_host_proof(&k, 1, &g, &h, &p).unwrap();
-        assert_eq!(verify_host_proof(&other, 1, &g, &h, &p), Err(AuthError::BadMac));
+        assert_eq!(
+            verify_host_proof(&other, 1, &g, &h, &p),
+            Err(AuthError::BadMac)
+        );
         assert_eq!(verify_host_proof(&k, 2, &g, &h, &p), Err(AuthError::BadMac));
-        assert_eq!(verify_host_proof(&k, 1, &fresh_nonce(), &h, &p), Err(AuthError::BadMac));
+        assert_eq!(
+            verify_host_proof(&k, 1, &fresh_nonce(), &h, &p),
+            Err(AuthError::BadMac)
+        );
         // The guest's proof is not the host's proof (no reflection).
-        assert_eq!(verify_guest_proof(&k, 1, &g, &h, &p), Err(AuthError::BadMac));
+        assert_eq!(
+            verify_guest_proof(&k, 1, &g, &h, &p),
+            Err(AuthError::BadMac)
+        );
         let q = guest_proof(&k, 1, &g, &h).unwrap();
         verify_guest_proof(&k, 1, &g, &h, &q).unwrap();
     }
@@ -187,7 +222,10 @@ mod tests {
     #[test]
     fn rejects_bad_fields() {
         let k = Secret::generate();
-        assert!(matches!(host_proof(&k, 1, "zz", &fresh_nonce()), Err(AuthError::BadField("nonce", _))));
+        assert!(matches!(
+            host_proof(&k, 1, "zz", &fresh_nonce()),
+            Err(AuthError::BadField("nonce", _))
+        ));
         assert_eq!(Secret::new(vec![1; 3]), Err(AuthError::SecretTooShort(3)));
         assert_eq!(format!("{k:?}"), "Secret(<redacted>)");
     }

@@ -27,7 +27,10 @@ impl Default for SendWindow {
 impl SendWindow {
     /// A window with `initial` bytes of credit.
     pub fn new(initial: u64) -> Self {
-        Self { state: Mutex::new((initial, false)), cv: Condvar::new() }
+        Self {
+            state: Mutex::new((initial, false)),
+            cv: Condvar::new(),
+        }
     }
 
     /// Adds credit granted by the receiver.
@@ -139,7 +142,10 @@ impl RecvQueue {
     pub fn push(&self, data: Vec<u8>) -> Result<(), CreditOverrun> {
         let mut s = self.state.lock().expect("queue lock");
         if (data.len() as u64) > s.outstanding {
-            return Err(CreditOverrun { len: data.len(), outstanding: s.outstanding });
+            return Err(CreditOverrun {
+                len: data.len(),
+                outstanding: s.outstanding,
+            });
         }
         if s.closed || s.eof {
             // Nobody will read it; dropping keeps memory bounded and the
@@ -216,7 +222,13 @@ impl RecvQueue {
 
     /// Bytes currently buffered (for tests and metrics).
     pub fn buffered(&self) -> usize {
-        self.state.lock().expect("queue lock").chunks.iter().map(Vec::len).sum()
+        self.state
+            .lock()
+            .expect("queue lock")
+            .chunks
+            .iter()
+            .map(Vec::len)
+            .sum()
     }
 }
 
@@ -228,7 +240,13 @@ mod tests {
     fn receiver_enforces_credit_and_returns_it() {
         let q = RecvQueue::new(8);
         q.push(vec![0; 8]).unwrap();
-        assert_eq!(q.push(vec![0; 1]), Err(CreditOverrun { len: 1, outstanding: 0 }));
+        assert_eq!(
+            q.push(vec![0; 1]),
+            Err(CreditOverrun {
+                len: 1,
+                outstanding: 0
+            })
+        );
         match q.pop() {
             Pop::Data { chunk, credit } => {
                 assert_eq!(chunk.len(), 8);

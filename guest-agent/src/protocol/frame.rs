@@ -91,7 +91,11 @@ pub enum FrameError {
 impl Frame {
     /// Builds a data frame.
     pub fn data(stream: u32, kind: FrameKind, payload: Vec<u8>) -> Self {
-        Self { stream, kind, payload }
+        Self {
+            stream,
+            kind,
+            payload,
+        }
     }
 
     /// Encodes the frame into bytes (header + payload).
@@ -162,7 +166,11 @@ fn parse_body(body: &[u8]) -> Result<Frame, FrameError> {
     let (head, payload) = body.split_at(FRAME_HEADER_BODY);
     let stream = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
     let kind = FrameKind::from_u8(head[4]).ok_or(FrameError::UnknownKind(head[4]))?;
-    Ok(Frame { stream, kind, payload: payload.to_vec() })
+    Ok(Frame {
+        stream,
+        kind,
+        payload: payload.to_vec(),
+    })
 }
 
 #[cfg(test)]
@@ -184,7 +192,9 @@ mod tests {
     fn partial_needs_more() {
         let bytes = Frame::data(1, FrameKind::Stdin, vec![1, 2, 3]).encode();
         for cut in 0..bytes.len() {
-            assert!(Frame::decode(&bytes[..cut], MAX_FRAME_BODY).unwrap().is_none());
+            assert!(Frame::decode(&bytes[..cut], MAX_FRAME_BODY)
+                .unwrap()
+                .is_none());
         }
     }
 
@@ -200,17 +210,29 @@ mod tests {
     #[test]
     fn rejects_short_and_unknown_kind() {
         let short = 2u32.to_le_bytes();
-        assert!(matches!(Frame::decode(&short, 100), Err(FrameError::TooShort { len: 2 })));
+        assert!(matches!(
+            Frame::decode(&short, 100),
+            Err(FrameError::TooShort { len: 2 })
+        ));
         let mut bad = Frame::data(1, FrameKind::Stdin, vec![]).encode();
         bad[8] = 99;
-        assert!(matches!(Frame::decode(&bad, 100), Err(FrameError::UnknownKind(99))));
+        assert!(matches!(
+            Frame::decode(&bad, 100),
+            Err(FrameError::UnknownKind(99))
+        ));
     }
 
     #[test]
     fn eof_between_frames_is_closed() {
         let empty: &[u8] = &[];
-        assert!(matches!(Frame::read_from(&mut &empty[..], 100), Err(FrameError::Closed)));
+        assert!(matches!(
+            Frame::read_from(&mut &empty[..], 100),
+            Err(FrameError::Closed)
+        ));
         let torn = [9u8, 0];
-        assert!(matches!(Frame::read_from(&mut &torn[..], 100), Err(FrameError::Io(_))));
+        assert!(matches!(
+            Frame::read_from(&mut &torn[..], 100),
+            Err(FrameError::Io(_))
+        ));
     }
 }

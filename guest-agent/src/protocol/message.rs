@@ -279,7 +279,10 @@ impl Message {
 
     /// Builds an error message.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        Message::Error(ErrorReply { code, message: message.into() })
+        Message::Error(ErrorReply {
+            code,
+            message: message.into(),
+        })
     }
 }
 
@@ -296,7 +299,10 @@ mod tests {
         });
         let b = m.to_bytes();
         assert_eq!(Message::from_bytes(&b).unwrap(), m);
-        let c = Message::Credit { channel: Channel::Stdout, bytes: 10 };
+        let c = Message::Credit {
+            channel: Channel::Stdout,
+            bytes: 10,
+        };
         assert_eq!(
             String::from_utf8(c.to_bytes()).unwrap(),
             r#"{"type":"credit","channel":"stdout","bytes":10}"#
@@ -305,7 +311,11 @@ mod tests {
 
     #[test]
     fn shell_code() {
-        let s = ExitStatus { code: None, signal: Some(9), timed_out: true };
+        let s = ExitStatus {
+            code: None,
+            signal: Some(9),
+            timed_out: true,
+        };
         assert_eq!(s.shell_code(), 137);
     }
 }

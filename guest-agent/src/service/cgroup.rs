@@ -54,8 +54,14 @@ impl Cgroup {
     /// Creates `root/name` and applies `limits`.
     pub fn create(root: &Path, name: &str, limits: &ExecLimits) -> Result<Self, CgroupError> {
         let path = root.join(name);
-        std::fs::create_dir(&path).map_err(|source| CgroupError::Create { path: path.clone(), source })?;
-        let procs = match OpenOptions::new().write(true).open(path.join("cgroup.procs")) {
+        std::fs::create_dir(&path).map_err(|source| CgroupError::Create {
+            path: path.clone(),
+            source,
+        })?;
+        let procs = match OpenOptions::new()
+            .write(true)
+            .open(path.join("cgroup.procs"))
+        {
             Ok(f) => f,
             Err(source) => {
                 let _ = std::fs::remove_dir(&path);
@@ -93,7 +99,10 @@ impl Cgroup {
 
     /// Kills every process in the cgroup.
     pub fn kill(&self) {
-        if let Ok(mut f) = OpenOptions::new().write(true).open(self.path.join("cgroup.kill")) {
+        if let Ok(mut f) = OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.kill"))
+        {
             let _ = f.write_all(b"1");
         }
     }

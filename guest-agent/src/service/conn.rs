@@ -82,7 +82,10 @@ pub(super) struct Connection {
 impl Connection {
     /// Serves the connection until EOF or a protocol violation, then waits
     /// for its streams to end (they are killed if the peer is gone).
-    pub fn run(config: Arc<ServiceConfig>, transport: Box<dyn Transport>) -> Result<(), ServiceError> {
+    pub fn run(
+        config: Arc<ServiceConfig>,
+        transport: Box<dyn Transport>,
+    ) -> Result<(), ServiceError> {
         let mut reader = transport.try_clone_box()?;
         let killer = Mutex::new(transport.try_clone_box()?);
         let conn = Arc::new(Connection {
@@ -97,7 +100,9 @@ impl Connection {
             let frame = match Frame::read_from(reader.as_mut(), MAX_FRAME_BODY) {
                 Ok(f) => f,
                 Err(FrameError::Closed) => break Ok(()),
-                Err(FrameError::Io(e)) if conn.dead.load(Ordering::SeqCst) => break Err(ServiceError::Io(e)),
+                Err(FrameError::Io(e)) if conn.dead.load(Ordering::SeqCst) => {
+                    break Err(ServiceError::Io(e))
+                }
                 Err(e) => break Err(ServiceError::Protocol(e.to_string())),
             };
             if let Err(e) = conn.dispatch(frame) {
@@ -122,14 +127,27 @@ impl Connection {
     fn dispatch(self: &Arc<Self>, frame: Frame) -> Result<(), ServiceError> {
         let proto = |s: String| Err(ServiceError::Protocol(s));
         if frame.stream == 0 {
-            return proto(format!("unexpected {:?} frame on stream 0 after the handshake", frame.kind));
+            return proto(format!(
+                "unexpected {:?} frame on stream 0 after the handshake",
+                frame.kind
+            ));
         }
-        let existing = self.streams.lock().expect("streams lock").get(&frame.stream).cloned();
+        let existing = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .get(&frame.stream)
+            .cloned();
         match frame.kind {
             FrameKind::Message => {
                 let msg = match Message::from_bytes(&frame.payload) {
                     Ok(m) => m,
-                    Err(e) => return proto(format!("undecodable message on stream {}: {e}", frame.stream)),
+                    Err(e) => {
+                        return proto(format!(
+                            "undecodable message on stream {}: {e}",
+                            frame.stream
+                        ))
+                    }
                 };
                 match existing {
                     Some(s) => self.stream_message(&s, msg),
@@ -142,23 +160,38 @@ impl Connection {
                     return Ok(());
                 };
                 match &s.inbound {
-                    Some((k, q)) if *k == frame.kind => {
-                        q.push(frame.payload).map_err(|e| ServiceError::Protocol(format!("stream {}: {e}", s.id)))
-                    }
-                    _ => proto(format!("stream {} does not accept {:?} data", s.id, frame.kind)),
+                    Some((k, q)) if *k == frame.kind => q
+                        .push(frame.payload)
+                        .map_err(|e| ServiceError::Protocol(format!("stream {}: {e}", s.id))),
+                    _ => proto(format!(
+                        "stream {} does not accept {:?} data",
+                        s.id, frame.kind
+                    )),
                 }
             }
-            FrameKind::Stdout | FrameKind::Stderr => proto(format!("the host may not send {:?} data", frame.kind)),
+            FrameKind::Stdout | FrameKind::Stderr => {
+                proto(format!("the host may not send {:?} data", frame.kind))
+            }
         }
     }
 
-    fn stream_message(self: &Arc<Self>, s: &Arc<StreamState>, msg: Message) -> Result<(), ServiceError> {
+    fn stream_message(
+        self: &Arc<Self>,
+        s: &Arc<StreamState>,
+        msg: Message,
+    ) -> Result<(), ServiceError> {
         match msg {
             Message::Credit { channel, bytes } => match s.window(channel) {
                 Some(w) => w.grant(bytes as u64),
-                None => return Err(ServiceError::Protocol(format!("credit for inbound channel {channel:?}"))),
+                None => {
+                    return Err(ServiceError::Protocol(format!(
+                        "credit for inbound channel {channel:?}"
+                    )))
+                }
             },
-            Message::Eof { channel: Channel::Stdin | Channel::File } => {
+            Message::Eof {
+                channel: Channel::Stdin | Channel::File,
+            } => {
                 if let Some((_, q)) = &s.inbound {
                     q.eof();
                 }
@@ -169,7 +202,10 @@ impl Connection {
             other => {
                 let _ = self.send_msg(
                     s.id,
-                    &Message::error(ErrorCode::BadRequest, format!("stream {} is busy; cannot handle {other:?}", s.id)),
+                    &Message::error(
+                        ErrorCode::BadRequest,
+                        format!("stream {} is busy; cannot handle {other:?}", s.id),
+                    ),
                 );
             }
         }
@@ -213,9 +249,15 @@ impl Connection {
                 }
             }
             // Credits, Eofs and signals for a stream that already ended race harmlessly.
-            Message::Credit { .. } | Message::Eof { .. } | Message::Signal { .. } | Message::Kill | Message::Resize(_) => {}
+            Message::Credit { .. }
+            | Message::Eof { .. }
+            | Message::Signal { .. }
+            | Message::Kill
+            | Message::Resize(_) => {}
             other => {
-                return Err(ServiceError::Protocol(format!("unexpected message {other:?} on stream {id}")));
+                return Err(ServiceError::Protocol(format!(
+                    "unexpected message {other:?} on stream {id}"
+                )));
             }
         }
         Ok(())
@@ -227,7 +269,10 @@ impl Connection {
             drop(streams);
             let _ = self.send_msg(
                 id,
-                &Message::error(ErrorCode::BadRequest, format!("too many open streams (limit {MAX_STREAMS})")),
+                &Message::error(
+                    ErrorCode::BadRequest,
+                    format!("too many open streams (limit {MAX_STREAMS})"),
+                ),
             );
             return None;
         }
@@ -236,17 +281,26 @@ impl Connection {
         Some(s)
     }
 
-    fn spawn_worker(self: &Arc<Self>, s: Arc<StreamState>, f: impl FnOnce(Arc<StreamState>) + Send + 'static) {
+    fn spawn_worker(
+        self: &Arc<Self>,
+        s: Arc<StreamState>,
+        f: impl FnOnce(Arc<StreamState>) + Send + 'static,
+    ) {
         let conn = self.clone();
         let id = s.id;
-        let spawned = std::thread::Builder::new().name(format!("stream-{id}")).spawn(move || {
-            f(s.clone());
-            s.close_inbound();
-            conn.finish(id);
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("stream-{id}"))
+            .spawn(move || {
+                f(s.clone());
+                s.close_inbound();
+                conn.finish(id);
+            });
         if let Err(e) = spawned {
             self.finish(id);
-            let _ = self.send_msg(id, &Message::error(ErrorCode::Failed, format!("cannot start a thread: {e}")));
+            let _ = self.send_msg(
+                id,
+                &Message::error(ErrorCode::Failed, format!("cannot start a thread: {e}")),
+            );
         }
     }
 
@@ -289,7 +343,10 @@ impl Connection {
     /// Sends a frame; a failed write kills the connection.
     pub fn send(&self, frame: Frame) -> io::Result<()> {
         if self.dead.load(Ordering::SeqCst) {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "connection is closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "connection is closed",
+            ));
         }
         let r = frame.write_to(&mut **self.writer.lock().expect("writer lock"));
         if r.is_err() {

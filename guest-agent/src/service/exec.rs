@@ -11,7 +11,8 @@ use super::sys;
 use crate::policy::{PolicyError, DEFAULT_PATH};
 use crate::protocol::flow::{Pop, SendWindow};
 use crate::protocol::{
-    Channel, ErrorCode, ExecLimits, ExecRequest, ExitStatus, Frame, FrameKind, Message, PtySize, MAX_DATA_CHUNK,
+    Channel, ErrorCode, ExecLimits, ExecRequest, ExitStatus, Frame, FrameKind, Message, PtySize,
+    MAX_DATA_CHUNK,
 };
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -58,28 +59,48 @@ fn start(
     req: &ExecRequest,
 ) -> Result<(Child, Arc<Cgroup>, Io, Arc<OwnedFd>), StartError> {
     let cfg = &conn.config;
-    let argv0 = req.argv.first().ok_or((ErrorCode::BadRequest, "exec needs a non-empty argv".to_string()))?;
+    let argv0 = req.argv.first().ok_or((
+        ErrorCode::BadRequest,
+        "exec needs a non-empty argv".to_string(),
+    ))?;
     let cwd = req.cwd.as_deref().unwrap_or("/");
-    let path_env = req.env.get("PATH").map(String::as_str).unwrap_or(DEFAULT_PATH);
-    let program = cfg.policy.check(argv0, path_env, Path::new(cwd)).map_err(|e| {
-        let code = match e {
-            PolicyError::Denied { .. } => ErrorCode::CommandDenied,
-            PolicyError::NotFound { .. } => ErrorCode::NotFound,
-            PolicyError::EmptyArgv => ErrorCode::BadRequest,
-        };
-        (code, e.to_string())
-    })?;
+    let path_env = req
+        .env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_PATH);
+    let program = cfg
+        .policy
+        .check(argv0, path_env, Path::new(cwd))
+        .map_err(|e| {
+            let code = match e {
+                PolicyError::Denied { .. } => ErrorCode::CommandDenied,
+                PolicyError::NotFound { .. } => ErrorCode::NotFound,
+                PolicyError::EmptyArgv => ErrorCode::BadRequest,
+            };
+            (code, e.to_string())
+        })?;
     let limits = ExecLimits {
         memory_bytes: req.limits.memory_bytes.or(cfg.default_limits.memory_bytes),
         pids: req.limits.pids.or(cfg.default_limits.pids),
         cpu_millis: req.limits.cpu_millis.or(cfg.default_limits.cpu_millis),
     };
-    let name = format!("voidbox-exec-{}-{}", std::process::id(), EXEC_COUNTER.fetch_add(1, Ordering::Relaxed));
-    let cgroup = Arc::new(Cgroup::create(&cfg.cgroup_root, &name, &limits).map_err(|e| (ErrorCode::Failed, e.to_string()))?);
+    let name = format!(
+        "voidbox-exec-{}-{}",
+        std::process::id(),
+        EXEC_COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let cgroup = Arc::new(
+        Cgroup::create(&cfg.cgroup_root, &name, &limits)
+            .map_err(|e| (ErrorCode::Failed, e.to_string()))?,
+    );
     let user = req.user.unwrap_or(cfg.default_user);
 
     let mut cmd = Command::new(&program);
-    cmd.arg0(argv0).args(&req.argv[1..]).env_clear().current_dir(cwd);
+    cmd.arg0(argv0)
+        .args(&req.argv[1..])
+        .env_clear()
+        .current_dir(cwd);
     cmd.env("PATH", path_env).env("HOME", "/");
     cmd.envs(&req.env);
     let failed = |what: &str, e: io::Error| (ErrorCode::Failed, format!("{what}: {e}"));
@@ -87,11 +108,17 @@ fn start(
         Some(PtySize { rows, cols }) => {
             let (master, slave) = sys::openpty(rows, cols).map_err(|e| failed("openpty", e))?;
             let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| failed("dup pty", e));
-            cmd.stdin(Stdio::from(dup(&slave)?)).stdout(Stdio::from(dup(&slave)?)).stderr(Stdio::from(slave));
+            cmd.stdin(Stdio::from(dup(&slave)?))
+                .stdout(Stdio::from(dup(&slave)?))
+                .stderr(Stdio::from(slave));
             Some(master)
         }
         None => {
-            cmd.stdin(if req.stdin { Stdio::piped() } else { Stdio::null() });
+            cmd.stdin(if req.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             None
         }
@@ -113,15 +140,25 @@ fn start(
                 return Err(io::Error::last_os_error());
             }
             let groups = [gid];
-            if libc::setgroups(1, groups.as_ptr()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0 {
+            if libc::setgroups(1, groups.as_ptr()) < 0
+                || libc::setgid(gid) < 0
+                || libc::setuid(uid) < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
-        let code = if e.kind() == io::ErrorKind::NotFound { ErrorCode::NotFound } else { ErrorCode::Failed };
-        (code, format!("cannot start {}: {e} (cwd {cwd})", program.display()))
+        let code = if e.kind() == io::ErrorKind::NotFound {
+            ErrorCode::NotFound
+        } else {
+            ErrorCode::Failed
+        };
+        (
+            code,
+            format!("cannot start {}: {e} (cwd {cwd})", program.display()),
+        )
     })?;
     // Drop our copies of the PTY slave so EOF is seen when the process ends.
     drop(cmd);
@@ -140,12 +177,18 @@ fn start(
             Io {
                 stdout: clone(master).map_err(|e| failed("dup pty", e))?,
                 stderr: None,
-                stdin: if req.stdin { Some(clone(master).map_err(|e| failed("dup pty", e))?) } else { None },
+                stdin: if req.stdin {
+                    Some(clone(master).map_err(|e| failed("dup pty", e))?)
+                } else {
+                    None
+                },
             }
         }
         None => Io {
             stdout: File::from(OwnedFd::from(child.stdout.take().expect("piped stdout"))),
-            stderr: Some(File::from(OwnedFd::from(child.stderr.take().expect("piped stderr")))),
+            stderr: Some(File::from(OwnedFd::from(
+                child.stderr.take().expect("piped stderr"),
+            ))),
             stdin: child.stdin.take().map(|w| File::from(OwnedFd::from(w))),
         },
     };
@@ -169,13 +212,40 @@ fn supervise(
     io: Io,
     pidfd: &OwnedFd,
 ) -> ExitStatus {
-    let Io { stdout, stderr, stdin } = io;
+    let Io {
+        stdout,
+        stderr,
+        stdin,
+    } = io;
     std::thread::scope(|scope| {
-        scope.spawn(|| pump(conn, s.id, stdout, &s.stdout, FrameKind::Stdout, Channel::Stdout));
+        scope.spawn(|| {
+            pump(
+                conn,
+                s.id,
+                stdout,
+                &s.stdout,
+                FrameKind::Stdout,
+                Channel::Stdout,
+            )
+        });
         if let Some(err) = stderr {
-            scope.spawn(|| pump(conn, s.id, err, &s.stderr, FrameKind::Stderr, Channel::Stderr));
+            scope.spawn(|| {
+                pump(
+                    conn,
+                    s.id,
+                    err,
+                    &s.stderr,
+                    FrameKind::Stderr,
+                    Channel::Stderr,
+                )
+            });
         } else {
-            let _ = conn.send_msg(s.id, &Message::Eof { channel: Channel::Stderr });
+            let _ = conn.send_msg(
+                s.id,
+                &Message::Eof {
+                    channel: Channel::Stderr,
+                },
+            );
         }
         if let (Some(w), Some((_, q))) = (stdin, &s.inbound) {
             let q = q.clone();
@@ -194,17 +264,32 @@ fn supervise(
             q.close();
         }
         match st {
-            Ok(st) => ExitStatus { code: st.code(), signal: st.signal(), timed_out: !exited },
+            Ok(st) => ExitStatus {
+                code: st.code(),
+                signal: st.signal(),
+                timed_out: !exited,
+            },
             Err(e) => {
                 tracing::warn!("wait for exec stream {}: {e}", s.id);
-                ExitStatus { code: None, signal: None, timed_out: !exited }
+                ExitStatus {
+                    code: None,
+                    signal: None,
+                    timed_out: !exited,
+                }
             }
         }
     })
 }
 
 /// Copies one output of the process to the host, never exceeding its credit.
-fn pump(conn: &Connection, id: u32, mut src: File, window: &SendWindow, kind: FrameKind, channel: Channel) {
+fn pump(
+    conn: &Connection,
+    id: u32,
+    mut src: File,
+    window: &SendWindow,
+    kind: FrameKind,
+    channel: Channel,
+) {
     let mut buf = vec![0u8; MAX_DATA_CHUNK];
     while let Some(n) = window.take(MAX_DATA_CHUNK) {
         match src.read(&mut buf[..n]) {
@@ -238,7 +323,13 @@ fn feed_stdin(conn: &Connection, id: u32, mut w: File, q: &crate::protocol::flow
             broken = true;
         }
         if let Some(bytes) = credit {
-            let _ = conn.send_msg(id, &Message::Credit { channel: Channel::Stdin, bytes });
+            let _ = conn.send_msg(
+                id,
+                &Message::Credit {
+                    channel: Channel::Stdin,
+                    bytes,
+                },
+            );
         }
     }
     // Dropping `w` closes the process's stdin.
@@ -262,7 +353,13 @@ pub(super) fn kill(s: &StreamState) {
 
 /// Resizes the exec's PTY.
 pub(super) fn resize(s: &StreamState, size: PtySize) {
-    if let Some(m) = s.exec.lock().expect("exec lock").as_ref().and_then(|e| e.pty_master.clone()) {
+    if let Some(m) = s
+        .exec
+        .lock()
+        .expect("exec lock")
+        .as_ref()
+        .and_then(|e| e.pty_master.clone())
+    {
         if let Err(e) = sys::set_winsize(&m, size.rows, size.cols) {
             tracing::debug!("resize pty: {e}");
         }

@@ -6,7 +6,8 @@ use super::resolve::{self, confine, io_error, FileError};
 use super::ServiceConfig;
 use crate::protocol::flow::{Pop, RecvQueue, SendWindow};
 use crate::protocol::{
-    Channel, ErrorCode, FileKind, FileStat, Frame, FrameKind, Message, PutRequest, UserSpec, MAX_DATA_CHUNK,
+    Channel, ErrorCode, FileKind, FileStat, Frame, FrameKind, Message, PutRequest, UserSpec,
+    MAX_DATA_CHUNK,
 };
 use std::ffi::OsStr;
 use std::fs::File;
@@ -60,14 +61,23 @@ impl Read for InboundReader<'_> {
             match self.q.pop() {
                 Pop::Data { chunk, credit } => {
                     if let Some(bytes) = credit {
-                        let _ = self.conn.send_msg(self.id, &Message::Credit { channel: Channel::File, bytes });
+                        let _ = self.conn.send_msg(
+                            self.id,
+                            &Message::Credit {
+                                channel: Channel::File,
+                                bytes,
+                            },
+                        );
                     }
                     self.chunk = chunk;
                     self.pos = 0;
                 }
                 Pop::Eof => return Ok(0),
                 Pop::Closed | Pop::TimedOut => {
-                    return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection closed during put"))
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "connection closed during put",
+                    ))
                 }
             }
         }
@@ -80,13 +90,25 @@ impl Read for InboundReader<'_> {
 
 /// Handles a put on stream `s`.
 pub(super) fn put(conn: &Connection, s: &StreamState, req: PutRequest) {
-    let (_, q) = s.inbound.as_ref().expect("put streams have an inbound queue");
-    let mut reader = InboundReader { conn, id: s.id, q, chunk: Vec::new(), pos: 0 };
+    let (_, q) = s
+        .inbound
+        .as_ref()
+        .expect("put streams have an inbound queue");
+    let mut reader = InboundReader {
+        conn,
+        id: s.id,
+        q,
+        chunk: Vec::new(),
+        pos: 0,
+    };
     let owner = req.owner.unwrap_or(conn.config.default_user);
     let result = match req.kind {
         FileKind::File => put_file(&conn.config, &req, owner, &mut reader),
         FileKind::Dir => put_dir(&conn.config, &req, owner, &mut reader),
-        k => Err((ErrorCode::BadRequest, format!("cannot put a {k:?}; use file or dir"))),
+        k => Err((
+            ErrorCode::BadRequest,
+            format!("cannot put a {k:?}; use file or dir"),
+        )),
     };
     let reply = match result {
         // Drain to Eof so the host's stream ends cleanly (tar leaves padding behind).
@@ -102,7 +124,10 @@ pub(super) fn put(conn: &Connection, s: &StreamState, req: PutRequest) {
 fn split_parent(rel: &Path, path: &str) -> Result<(PathBuf, std::ffi::OsString), FileError> {
     match (rel.parent(), rel.file_name()) {
         (Some(p), Some(n)) => Ok((p.to_path_buf(), n.to_os_string())),
-        _ => Err((ErrorCode::BadRequest, format!("put `{path}` needs a file name below an allowed root"))),
+        _ => Err((
+            ErrorCode::BadRequest,
+            format!("put `{path}` needs a file name below an allowed root"),
+        )),
     }
 }
 
@@ -123,31 +148,62 @@ fn finish_file(f: &File, mode: u32, owner: UserSpec, path: &str) -> Result<(), F
     if unsafe { libc::fchown(f.as_raw_fd(), owner.uid, owner.gid) } < 0 {
         return Err(io_error(path, "chown", io::Error::last_os_error()));
     }
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| io_error(path, "chmod", e))
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_error(path, "chmod", e))
 }
 
-fn put_file(cfg: &ServiceConfig, req: &PutRequest, owner: UserSpec, data: &mut impl Read) -> Result<(), FileError> {
+fn put_file(
+    cfg: &ServiceConfig,
+    req: &PutRequest,
+    owner: UserSpec,
+    data: &mut impl Read,
+) -> Result<(), FileError> {
     let c = confine(&cfg.file_roots, &req.path)?;
     let (parent, name) = split_parent(&c.rel, &req.path)?;
-    let dir = resolve::mkdir_all(&c.root, &parent, 0o755, owner).map_err(|e| io_error(&req.path, "create parent of", e))?;
+    let dir = resolve::mkdir_all(&c.root, &parent, 0o755, owner)
+        .map_err(|e| io_error(&req.path, "create parent of", e))?;
     let mode = req.mode.unwrap_or(0o644) & 0o1777;
     let mut f = create_file(&dir, &name, mode, &req.path)?;
     io::copy(data, &mut f).map_err(|e| io_error(&req.path, "write", e))?;
     finish_file(&f, mode, owner, &req.path)
 }
 
-fn put_dir(cfg: &ServiceConfig, req: &PutRequest, owner: UserSpec, data: &mut impl Read) -> Result<(), FileError> {
+fn put_dir(
+    cfg: &ServiceConfig,
+    req: &PutRequest,
+    owner: UserSpec,
+    data: &mut impl Read,
+) -> Result<(), FileError> {
     let c = confine(&cfg.file_roots, &req.path)?;
     let dest = resolve::mkdir_all(&c.root, &c.rel, req.mode.unwrap_or(0o755), owner)
         .map_err(|e| io_error(&req.path, "create", e))?;
     let mut archive = tar::Archive::new(data);
-    let entries = archive.entries().map_err(|e| (ErrorCode::BadRequest, format!("put `{}`: bad tar: {e}", req.path)))?;
+    let entries = archive.entries().map_err(|e| {
+        (
+            ErrorCode::BadRequest,
+            format!("put `{}`: bad tar: {e}", req.path),
+        )
+    })?;
     for entry in entries {
-        let mut entry = entry.map_err(|e| (ErrorCode::BadRequest, format!("put `{}`: bad tar: {e}", req.path)))?;
-        let raw = entry.path().map_err(|e| (ErrorCode::BadRequest, format!("bad tar path: {e}")))?.into_owned();
+        let mut entry = entry.map_err(|e| {
+            (
+                ErrorCode::BadRequest,
+                format!("put `{}`: bad tar: {e}", req.path),
+            )
+        })?;
+        let raw = entry
+            .path()
+            .map_err(|e| (ErrorCode::BadRequest, format!("bad tar path: {e}")))?
+            .into_owned();
         let shown = format!("{}/{}", req.path, raw.display());
-        if raw.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
-            return Err((ErrorCode::PathDenied, format!("tar entry `{}` is absolute or contains `..`", raw.display())));
+        if raw
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
+            return Err((
+                ErrorCode::PathDenied,
+                format!("tar entry `{}` is absolute or contains `..`", raw.display()),
+            ));
         }
         let rel: PathBuf = raw.components().collect();
         if rel.as_os_str().is_empty() {
@@ -156,11 +212,13 @@ fn put_dir(cfg: &ServiceConfig, req: &PutRequest, owner: UserSpec, data: &mut im
         let mode = entry.header().mode().unwrap_or(0o644) & 0o1777;
         let ty = entry.header().entry_type();
         if ty.is_dir() {
-            resolve::mkdir_all(&dest, &rel, mode, owner).map_err(|e| io_error(&shown, "mkdir", e))?;
+            resolve::mkdir_all(&dest, &rel, mode, owner)
+                .map_err(|e| io_error(&shown, "mkdir", e))?;
             continue;
         }
         let (parent, name) = split_parent(&rel, &shown)?;
-        let dir = resolve::mkdir_all(&dest, &parent, 0o755, owner).map_err(|e| io_error(&shown, "mkdir", e))?;
+        let dir = resolve::mkdir_all(&dest, &parent, 0o755, owner)
+            .map_err(|e| io_error(&shown, "mkdir", e))?;
         if ty.is_file() {
             let mut f = create_file(&dir, &name, mode, &shown)?;
             io::copy(&mut entry, &mut f).map_err(|e| io_error(&shown, "write", e))?;
@@ -169,8 +227,14 @@ fn put_dir(cfg: &ServiceConfig, req: &PutRequest, owner: UserSpec, data: &mut im
             let target = entry
                 .link_name()
                 .map_err(|e| (ErrorCode::BadRequest, format!("tar entry `{shown}`: {e}")))?
-                .ok_or_else(|| (ErrorCode::BadRequest, format!("tar symlink `{shown}` has no target")))?;
-            resolve::symlink_at(&target, &dir, &name).map_err(|e| io_error(&shown, "symlink", e))?;
+                .ok_or_else(|| {
+                    (
+                        ErrorCode::BadRequest,
+                        format!("tar symlink `{shown}` has no target"),
+                    )
+                })?;
+            resolve::symlink_at(&target, &dir, &name)
+                .map_err(|e| io_error(&shown, "symlink", e))?;
             resolve::lchown_at(&dir, &name, owner).map_err(|e| io_error(&shown, "chown", e))?;
         } else {
             return Err((
@@ -198,7 +262,8 @@ impl Write for OutboundWriter<'_> {
             .window
             .take(buf.len().min(MAX_DATA_CHUNK))
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "connection closed"))?;
-        self.conn.send(Frame::data(self.id, FrameKind::FileData, buf[..n].to_vec()))?;
+        self.conn
+            .send(Frame::data(self.id, FrameKind::FileData, buf[..n].to_vec()))?;
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -208,17 +273,36 @@ impl Write for OutboundWriter<'_> {
 
 /// Handles a get on stream `s`.
 pub(super) fn get(conn: &Connection, s: &StreamState, path: &str) {
-    let mut out = OutboundWriter { conn, id: s.id, window: &s.file_out };
+    let mut out = OutboundWriter {
+        conn,
+        id: s.id,
+        window: &s.file_out,
+    };
     let result = (|| -> Result<(), FileError> {
         let c = confine(&conn.config.file_roots, path)?;
-        let fd = resolve::open_in_root(&c.root, &c.rel, libc::O_RDONLY, 0).map_err(|e| io_error(path, "open", e))?;
+        let fd = resolve::open_in_root(&c.root, &c.rel, libc::O_RDONLY, 0)
+            .map_err(|e| io_error(path, "open", e))?;
         let st = resolve::fstat(&fd).map_err(|e| io_error(path, "stat", e))?;
         let kind = kind_of(st.st_mode);
-        let size = if kind == FileKind::File { st.st_size as u64 } else { 0 };
+        let size = if kind == FileKind::File {
+            st.st_size as u64
+        } else {
+            0
+        };
         if !matches!(kind, FileKind::File | FileKind::Dir) {
-            return Err((ErrorCode::BadRequest, format!("get `{path}`: not a regular file or directory")));
+            return Err((
+                ErrorCode::BadRequest,
+                format!("get `{path}`: not a regular file or directory"),
+            ));
         }
-        let _ = conn.send_msg(s.id, &Message::GetHeader { kind, size, mode: st.st_mode & 0o7777 });
+        let _ = conn.send_msg(
+            s.id,
+            &Message::GetHeader {
+                kind,
+                size,
+                mode: st.st_mode & 0o7777,
+            },
+        );
         let sent = if kind == FileKind::File {
             io::copy(&mut File::from(fd).take(size), &mut out).map(|_| ())
         } else {
@@ -227,7 +311,12 @@ pub(super) fn get(conn: &Connection, s: &StreamState, path: &str) {
             walk(&mut b, &fd, Path::new("")).and_then(|_| b.finish())
         };
         sent.map_err(|e| io_error(path, "read", e))?;
-        let _ = conn.send_msg(s.id, &Message::Eof { channel: Channel::File });
+        let _ = conn.send_msg(
+            s.id,
+            &Message::Eof {
+                channel: Channel::File,
+            },
+        );
         Ok(())
     })();
     let reply = match result {
@@ -250,9 +339,10 @@ fn header_from(st: &libc::stat, ty: tar::EntryType, size: u64) -> tar::Header {
 
 /// Adds the contents of `dir` to the archive without following any symlink.
 fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, prefix: &Path) -> io::Result<()> {
-    let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<_>>()?;
+    let mut names: Vec<std::ffi::OsString> =
+        std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
     names.sort();
     for name in names {
         let st = resolve::stat_at(dir, &name)?;

@@ -98,7 +98,9 @@ pub struct Service {
 impl Service {
     /// A service with this config.
     pub fn new(config: ServiceConfig) -> Self {
-        Self { config: Arc::new(config) }
+        Self {
+            config: Arc::new(config),
+        }
     }
 
     /// Serves one connection until the peer closes it or breaks the protocol.

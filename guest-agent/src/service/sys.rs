@@ -24,7 +24,13 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
 pub fn pidfd_send_signal(pidfd: &OwnedFd, sig: i32) -> io::Result<()> {
     // SAFETY: integer arguments and a null siginfo pointer, which the syscall allows.
     check(unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
     })?;
     Ok(())
 }
@@ -40,7 +46,11 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool
                 left.as_millis().min(i32::MAX as u128) as i32
             }
         };
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, count 1.
         let r = unsafe { libc::poll(&mut p, 1, ms) };
         if r > 0 {
@@ -63,9 +73,22 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool
 pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut master = -1;
     let mut slave = -1;
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: out-pointers are valid ints; name and termios may be null; ws is valid.
-    let r = unsafe { libc::openpty(&mut master, &mut slave, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -80,7 +103,12 @@ pub fn openpty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// Sets a PTY's window size.
 pub fn set_winsize(master: &OwnedFd, rows: u16, cols: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads one winsize from the valid pointer.
     check(unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } as libc::c_long)?;
     Ok(())

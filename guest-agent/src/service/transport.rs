@@ -56,8 +56,14 @@ impl Transport for VsockStream {
     }
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         let tv = match t {
-            Some(d) => libc::timeval { tv_sec: d.as_secs() as _, tv_usec: d.subsec_micros() as _ },
-            None => libc::timeval { tv_sec: 0, tv_usec: 0 },
+            Some(d) => libc::timeval {
+                tv_sec: d.as_secs() as _,
+                tv_usec: d.subsec_micros() as _,
+            },
+            None => libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
         };
         // SAFETY: passes a valid timeval of the size given to setsockopt on our fd.
         let r = unsafe {
@@ -118,7 +124,12 @@ impl VsockListener {
         loop {
             // SAFETY: accept4 with null address pointers is allowed; the result is checked.
             let fd = unsafe {
-                libc::accept4(self.0.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+                libc::accept4(
+                    self.0.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
             };
             if fd >= 0 {
                 // SAFETY: accept4 returned a fresh fd that we now own.

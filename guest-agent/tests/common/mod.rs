@@ -22,7 +22,9 @@ impl Raw {
     }
 
     pub fn send(&mut self, stream: u32, m: &Message) {
-        Frame::data(stream, FrameKind::Message, m.to_bytes()).write_to(&mut self.s).unwrap();
+        Frame::data(stream, FrameKind::Message, m.to_bytes())
+            .write_to(&mut self.s)
+            .unwrap();
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -54,7 +56,14 @@ impl Raw {
         let nonce = self.hello();
         let cn = fresh_nonce();
         let mac = host_proof(secret, PROTOCOL_VERSION, &nonce, &cn).unwrap();
-        self.send(0, &Message::Auth { version: PROTOCOL_VERSION, client_nonce: cn, mac });
+        self.send(
+            0,
+            &Message::Auth {
+                version: PROTOCOL_VERSION,
+                client_nonce: cn,
+                mac,
+            },
+        );
         assert!(matches!(self.recv_msg(), Message::AuthOk { .. }));
     }
 
@@ -75,11 +84,29 @@ impl Raw {
     }
 
     /// Runs a small exec on `stream` (output must fit the initial window).
-    pub fn exec(&mut self, stream: u32, req: ExecRequest, stdin: Option<&[u8]>) -> (Vec<u8>, Vec<u8>, ExitStatus) {
-        self.send(stream, &Message::Exec(ExecRequest { stdin: stdin.is_some(), ..req }));
+    pub fn exec(
+        &mut self,
+        stream: u32,
+        req: ExecRequest,
+        stdin: Option<&[u8]>,
+    ) -> (Vec<u8>, Vec<u8>, ExitStatus) {
+        self.send(
+            stream,
+            &Message::Exec(ExecRequest {
+                stdin: stdin.is_some(),
+                ..req
+            }),
+        );
         if let Some(d) = stdin {
-            Frame::data(stream, FrameKind::Stdin, d.to_vec()).write_to(&mut self.s).unwrap();
-            self.send(stream, &Message::Eof { channel: voidbox_guest_agent::protocol::Channel::Stdin });
+            Frame::data(stream, FrameKind::Stdin, d.to_vec())
+                .write_to(&mut self.s)
+                .unwrap();
+            self.send(
+                stream,
+                &Message::Eof {
+                    channel: voidbox_guest_agent::protocol::Channel::Stdin,
+                },
+            );
         }
         self.collect(stream)
     }
@@ -104,5 +131,8 @@ impl Raw {
 }
 
 pub fn argv(a: &[&str]) -> ExecRequest {
-    ExecRequest { argv: a.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    ExecRequest {
+        argv: a.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
 }

@@ -300,9 +300,7 @@ impl Tree {
                     "mtime" => mtime = number()?,
                     _ => {
                         if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                            if name.is_empty() || name.len() > 255 {
-                                return Err(format!("bad xattr name {name:?}"));
-                            }
+                            check_xattr_name(name)?;
                             xattrs.push((name.to_string(), value.to_vec()));
                         }
                     }
@@ -333,4 +331,19 @@ fn claimed_size<R: Read>(entry: &tar::Entry<'_, R>) -> u64 {
         }
     }
     size.max(entry.size())
+}
+
+/// Xattr names must be in a namespace ext4 knows and carry no control characters (they go
+/// into the ext4 writer's command script).
+fn check_xattr_name(name: &str) -> std::result::Result<(), String> {
+    const NAMESPACES: &[&str] = &["user.", "trusted.", "security.", "system."];
+    let known = NAMESPACES
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns));
+    if !known || name.len() > 255 || name.chars().any(|c| c.is_control() || c == '"') {
+        return Err(format!(
+            "bad xattr name {name:?} (expected user.*, trusted.*, security.* or system.*)"
+        ));
+    }
+    Ok(())
 }

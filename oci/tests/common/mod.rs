@@ -331,13 +331,14 @@ pub fn ext4_cat(image: &Path, path: &str) -> Vec<u8> {
 /// A symlink's target.
 pub fn ext4_readlink(image: &Path, path: &str) -> String {
     let stat = debugfs(image, &format!("stat \"{path}\""));
-    let line = stat
-        .lines()
-        .find(|l| l.contains("link dest:"))
-        .unwrap_or("");
-    line.split_once("link dest: ")
-        .map(|x| x.1.trim().trim_matches('"').to_string())
-        .unwrap_or_default()
+    match stat.lines().find(|l| l.contains("link dest:")) {
+        Some(line) => line
+            .split_once("link dest: ")
+            .map(|x| x.1.trim().trim_matches('"').to_string())
+            .unwrap_or_default(),
+        // A slow symlink keeps its target in a data block.
+        None => String::from_utf8_lossy(&ext4_cat(image, path)).into_owned(),
+    }
 }
 
 /// An xattr's value.

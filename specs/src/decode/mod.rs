@@ -341,6 +341,10 @@ pub(crate) fn did_you_mean<'a>(
         }
     }
     let (distance, candidate) = best?;
+    // One- and two-letter names are too short for a guess to mean anything.
+    if distance > 0 && name.chars().count() < 3 {
+        return None;
+    }
     let limit = (name.len().max(candidate.len()) / 3).max(1);
     (distance <= limit).then(|| format!("did you mean `{candidate}`?"))
 }

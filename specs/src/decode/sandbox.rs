@@ -36,10 +36,10 @@ pub(super) fn decode_sandbox(ctx: &mut Ctx, node: &Node, base_dir: &Path) -> Opt
     let mut sandbox = Sandbox::default();
 
     if let Some(n) = fields.get("image") {
-        sandbox.image = image_ref(ctx, n, "sandbox.image");
+        sandbox.image = image_ref(ctx, n, "sandbox.image", base_dir);
     }
     if let Some(n) = fields.get("guest_image") {
-        sandbox.guest_image = image_ref(ctx, n, "sandbox.guest_image");
+        sandbox.guest_image = image_ref(ctx, n, "sandbox.guest_image", base_dir);
     }
     let kernel = fields.get("kernel");
     let initramfs = fields.get("initramfs");
@@ -117,7 +117,9 @@ pub(super) fn decode_sandbox(ctx: &mut Ctx, node: &Node, base_dir: &Path) -> Opt
 
 /// An image reference: non-empty, no whitespace. Its syntax is checked by
 /// the OCI layer when it is resolved.
-fn image_ref(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+/// A relative `oci:DIR` or `docker-archive:FILE` is made absolute against
+/// the spec's directory.
+fn image_ref(ctx: &mut Ctx, node: &Node, path: &str, base_dir: &Path) -> Option<String> {
     let r = ctx.nonempty_string(node, path)?;
     if r.chars().any(char::is_whitespace) {
         ctx.error(
@@ -126,6 +128,13 @@ fn image_ref(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
             format!("image reference `{r}` contains whitespace"),
         );
         return None;
+    }
+    for prefix in ["oci:", "docker-archive:"] {
+        if let Some(rest) = r.strip_prefix(prefix) {
+            if !rest.is_empty() && !rest.starts_with('/') {
+                return Some(format!("{prefix}{}", base_dir.join(rest).display()));
+            }
+        }
     }
     Some(r)
 }
@@ -242,7 +251,7 @@ fn decode_user(ctx: &mut Ctx, node: &Node) -> Option<String> {
     Some(user)
 }
 
-pub(super) fn decode_skills(ctx: &mut Ctx, node: &Node) -> Vec<Skill> {
+pub(super) fn decode_skills(ctx: &mut Ctx, node: &Node, base_dir: &Path) -> Vec<Skill> {
     let Some(items) = ctx.list(node, "skills") else {
         return Vec::new();
     };
@@ -254,7 +263,7 @@ pub(super) fn decode_skills(ctx: &mut Ctx, node: &Node) -> Vec<Skill> {
         };
         let image = ctx
             .required(&f, "image", &path, "tools:latest")
-            .and_then(|n| image_ref(ctx, n, &join(&path, "image")));
+            .and_then(|n| image_ref(ctx, n, &join(&path, "image"), base_dir));
         let mount_node = ctx.required(&f, "mount", &path, "/skills/tools");
         let mount = mount_node.and_then(|n| ctx.guest_path(n, &join(&path, "mount")));
         let (Some(image), Some(mount), Some(mount_node)) = (image, mount, mount_node) else {

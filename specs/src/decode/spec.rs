@@ -69,7 +69,7 @@ pub(crate) fn decode_spec(ctx: &mut Ctx, root: &Node, base_dir: &Path) -> Option
     };
     let skills = fields
         .get("skills")
-        .map(|n| decode_skills(ctx, n))
+        .map(|n| decode_skills(ctx, n, base_dir))
         .unwrap_or_default();
     let allow = sandbox.as_ref().and_then(|s| s.allow_commands.clone());
     let workflow = fields

@@ -51,7 +51,8 @@ fn send_pattern<W: Write>(w: &mut W, len: u64, seed: u64) -> Res<()> {
         // Chunks are multiples of 8 so the stream does not depend on chunking.
         let n = left.min(buf.len() as u64) as usize;
         p.fill(&mut buf[..n]);
-        w.write_all(&buf[..n]).map_err(|e| format!("write after {} bytes: {e}", len - left))?;
+        w.write_all(&buf[..n])
+            .map_err(|e| format!("write after {} bytes: {e}", len - left))?;
         left -= n as u64;
     }
     w.flush().map_err(|e| format!("flush: {e}"))
@@ -79,7 +80,10 @@ fn vsock_socket() -> Res<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(format!("socket(AF_VSOCK): {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "socket(AF_VSOCK): {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: fd is a fresh, owned descriptor.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -107,7 +111,10 @@ fn vsock_connect(cid: u32, port: u32) -> Res<std::net::TcpStream> {
         )
     };
     if rc < 0 {
-        return Err(format!("connect vsock {cid}:{port}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "connect vsock {cid}:{port}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // TcpStream is only used as a Read/Write wrapper around a connected stream socket.
     // SAFETY: the descriptor is owned and connected.
@@ -127,7 +134,10 @@ fn vsock_accept(port: u32) -> Res<std::net::TcpStream> {
         )
     };
     if rc < 0 {
-        return Err(format!("bind vsock port {port}: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "bind vsock port {port}: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: fd is a bound stream socket.
     if unsafe { libc::listen(fd.as_raw_fd(), 4) } < 0 {
@@ -135,7 +145,14 @@ fn vsock_accept(port: u32) -> Res<std::net::TcpStream> {
     }
     println!("PROBE listening vsock:{port}");
     // SAFETY: null address pointers are allowed by accept(2).
-    let c = unsafe { libc::accept4(fd.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+    let c = unsafe {
+        libc::accept4(
+            fd.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        )
+    };
     if c < 0 {
         return Err(format!("accept: {}", std::io::Error::last_os_error()));
     }
@@ -148,7 +165,8 @@ fn uds_connect(uds: &str, port: u32, timeout: Duration) -> Res<UnixStream> {
     loop {
         let attempt = (|| -> Res<UnixStream> {
             let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {uds}: {e}"))?;
-            s.write_all(format!("CONNECT {port}\n").as_bytes()).map_err(|e| e.to_string())?;
+            s.write_all(format!("CONNECT {port}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
             let mut line = Vec::new();
             let mut b = [0u8; 1];
             while line.len() < 64 {
@@ -199,24 +217,39 @@ fn run(a: &[String]) -> Res<String> {
     let what = a.first().map(String::as_str).unwrap_or("");
     match what {
         "vsock-serve" => {
-            let (port, len, si, so) = (arg(a, 1, "PORT")?, arg(a, 2, "LEN")?, arg(a, 3, "SEED_IN")?, arg(a, 4, "SEED_OUT")?);
+            let (port, len, si, so) = (
+                arg(a, 1, "PORT")?,
+                arg(a, 2, "LEN")?,
+                arg(a, 3, "SEED_IN")?,
+                arg(a, 4, "SEED_OUT")?,
+            );
             let s = vsock_accept(port)?;
             let s2 = s.try_clone().map_err(|e| e.to_string())?;
             exchange(s, s2, len, so, si)?;
         }
         "vsock-send" => {
-            let (cid, port, len, seed) = (arg(a, 1, "CID")?, arg(a, 2, "PORT")?, arg(a, 3, "LEN")?, arg(a, 4, "SEED")?);
+            let (cid, port, len, seed) = (
+                arg(a, 1, "CID")?,
+                arg(a, 2, "PORT")?,
+                arg(a, 3, "LEN")?,
+                arg(a, 4, "SEED")?,
+            );
             let mut s = vsock_connect(cid, port)?;
             send_pattern(&mut s, len, seed)?;
             let mut ok = [0u8; 3];
-            s.read_exact(&mut ok).map_err(|e| format!("reading OK: {e}"))?;
+            s.read_exact(&mut ok)
+                .map_err(|e| format!("reading OK: {e}"))?;
             if &ok != b"OK\n" {
                 return Err(format!("peer answered {ok:?}"));
             }
         }
         "uds-connect" | "vsock-connect" => {
             let len = arg(a, 3, "LEN")?;
-            let (so, si, tmo): (u64, u64, u64) = (arg(a, 4, "SEED_OUT")?, arg(a, 5, "SEED_IN")?, arg(a, 6, "TIMEOUT")?);
+            let (so, si, tmo): (u64, u64, u64) = (
+                arg(a, 4, "SEED_OUT")?,
+                arg(a, 5, "SEED_IN")?,
+                arg(a, 6, "TIMEOUT")?,
+            );
             if what == "uds-connect" {
                 let s = uds_connect(&a[1], arg(a, 2, "PORT")?, Duration::from_secs(tmo))?;
                 let s2 = s.try_clone().map_err(|e| e.to_string())?;
@@ -237,7 +270,11 @@ fn run(a: &[String]) -> Res<String> {
         }
         "stream" => {
             // A plain Unix-socket stream (e.g. a lane relay socket, already CONNECTed).
-            let (len, so, si) = (arg(a, 2, "LEN")?, arg(a, 3, "SEED_OUT")?, arg(a, 4, "SEED_IN")?);
+            let (len, so, si) = (
+                arg(a, 2, "LEN")?,
+                arg(a, 3, "SEED_OUT")?,
+                arg(a, 4, "SEED_IN")?,
+            );
             let s = UnixStream::connect(&a[1]).map_err(|e| format!("connect {}: {e}", a[1]))?;
             let s2 = s.try_clone().map_err(|e| e.to_string())?;
             exchange(s, s2, len, so, si)?;
@@ -255,7 +292,11 @@ fn run(a: &[String]) -> Res<String> {
             expect_pattern(&mut s, len, seed)?;
             s.write_all(b"OK\n").map_err(|e| e.to_string())?;
         }
-        _ => return Err(format!("unknown subcommand {what:?} (see the source's header)")),
+        _ => {
+            return Err(format!(
+                "unknown subcommand {what:?} (see the source's header)"
+            ))
+        }
     }
     Ok(format!("{what} ok {:.3}s", t0.elapsed().as_secs_f64()))
 }
@@ -268,7 +309,10 @@ fn main() {
     match run(&args) {
         Ok(msg) => println!("PROBE {msg}"),
         Err(e) => {
-            println!("PROBE {} FAIL {e}", args.first().map(String::as_str).unwrap_or("?"));
+            println!(
+                "PROBE {} FAIL {e}",
+                args.first().map(String::as_str).unwrap_or("?")
+            );
             std::process::exit(1);
         }
     }

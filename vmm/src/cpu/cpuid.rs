@@ -43,7 +43,7 @@ fn topology_entries(function: u32, apic_id: u32, cpus: u32) -> Vec<kvm_cpuid_ent
     };
     vec![
         // SMT level: one thread per core.
-        e(0, 0, 1, (LEVEL_SMT << 8) | 0),
+        e(0, 0, 1, LEVEL_SMT << 8),
         // Core level: all vCPUs in the package.
         e(1, bits_for(cpus), cpus, (LEVEL_CORE << 8) | 1),
         // Terminator.

@@ -55,7 +55,10 @@ pub fn boot_regs(mode: EntryMode, rip: u64) -> kvm_regs {
 }
 
 /// Writes the boot GDT and an empty IDT into guest memory.
-pub fn write_gdt(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), vm_memory::GuestMemoryError> {
+pub fn write_gdt(
+    mem: &GuestMemoryMmap,
+    mode: EntryMode,
+) -> Result<(), vm_memory::GuestMemoryError> {
     for (i, entry) in boot_gdt(mode.long_mode()).iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(GDT_ADDR + 8 * i as u64))?;
     }

@@ -36,7 +36,12 @@ impl Bus {
     }
 
     /// Adds `device` at `[base, base + len)`.
-    pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), OverlapError> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: SharedDevice,
+    ) -> Result<(), OverlapError> {
         let end = base.checked_add(len).ok_or(OverlapError { base, len })?;
         if len == 0 || self.ranges.iter().any(|(b, l, _)| base < b + l && *b < end) {
             return Err(OverlapError { base, len });
@@ -57,7 +62,9 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).read(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(off, data);
                 true
             }
             None => {
@@ -71,7 +78,9 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((off, dev)) => {
-                dev.lock().unwrap_or_else(|e| e.into_inner()).write(off, data);
+                dev.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(off, data);
                 true
             }
             None => false,

@@ -118,7 +118,10 @@ impl ConsoleWriter {
         } else if text.contains(PANIC_LINE) {
             let _ = self.exit.send(ExitEvent::Panic(PanicSource::Console));
         }
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(text);
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
     }
 }
 
@@ -200,7 +203,8 @@ mod tests {
         w.write_all(b"[    1.0] Kernel panic - not syncing: VFS: Unable to mount root\n")
             .unwrap();
         assert_eq!(rx.try_recv(), Ok(ExitEvent::Panic(PanicSource::Console)));
-        w.write_all(b"---[ end Kernel panic - not syncing: x ]---\n").unwrap();
+        w.write_all(b"---[ end Kernel panic - not syncing: x ]---\n")
+            .unwrap();
         assert_eq!(rx.try_recv(), Ok(ExitEvent::PanicReportEnd));
         // The panic line survives a long stack dump in the report.
         for i in 0..KEPT_LINES {

@@ -95,7 +95,7 @@ pub enum Error {
     )]
     UdsNotSocket(std::path::PathBuf),
     /// The vsock Unix socket path is too long for a sockaddr_un.
-    #[error("vsock socket path {0} is too long for a Unix socket (at most 100 bytes, leaving room for the _<port> suffix)")]
+    #[error("vsock socket path {0} is too long for a Unix socket (at most 96 bytes, leaving room for the _<port> suffix); use a shorter path")]
     UdsPathTooLong(std::path::PathBuf),
     /// Binding the vsock Unix socket failed.
     #[error("cannot bind vsock socket {path}: {source}")]

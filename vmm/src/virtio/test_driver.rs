@@ -104,6 +104,11 @@ impl TestDriver {
         let desc = base;
         let avail = desc + 16 * u64::from(size);
         let used = (avail + 6 + 2 * u64::from(size) + 0xfff) & !0xfff;
+        // Fresh rings start zeroed, as a driver allocates them.
+        let ring_bytes = (used + 6 + 8 * u64::from(size) - desc) as usize;
+        self.mem
+            .write_slice(&vec![0u8; ring_bytes], GuestAddress(desc))
+            .unwrap();
         self.write_reg(0x30, index);
         self.write_reg(0x38, u32::from(size));
         self.write_addr(0x80, desc);

@@ -26,8 +26,9 @@ pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 /// The request type is not supported.
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
-/// Bounce buffer size: the most host memory one request ever holds.
-const CHUNK: usize = 128 * 1024;
+/// Bounce buffer size: the most host memory a request ever uses (the worker
+/// keeps one buffer of this size).
+pub const CHUNK: usize = 128 * 1024;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -43,6 +44,7 @@ unsafe impl ByteValued for RequestHeader {}
 /// Execute the request in `chain` against `disk`. Returns the number of bytes
 /// written into the guest's buffers (data + status), the used-ring length.
 pub fn process(
+    bounce: &mut [u8; CHUNK],
     disk: &Disk,
     mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
@@ -71,7 +73,7 @@ pub fn process(
         Err(_) => return 0,
     };
     let (status, written) = match reader.read_obj::<RequestHeader>() {
-        Ok(header) => execute(disk, header, &mut reader, &mut data),
+        Ok(header) => execute(bounce, disk, header, &mut reader, &mut data),
         Err(_) => {
             tracing::warn!("virtio-blk: request header shorter than 16 bytes");
             (VIRTIO_BLK_S_IOERR, 0)
@@ -85,6 +87,7 @@ pub fn process(
 }
 
 fn execute(
+    buf: &mut [u8; CHUNK],
     disk: &Disk,
     header: RequestHeader,
     reader: &mut Reader,
@@ -92,7 +95,7 @@ fn execute(
 ) -> (u8, usize) {
     let sector = header.sector.to_native();
     match header.type_.to_native() {
-        VIRTIO_BLK_T_IN => match read_sectors(disk, sector, data) {
+        VIRTIO_BLK_T_IN => match read_sectors(buf, disk, sector, data) {
             Ok(n) => (VIRTIO_BLK_S_OK, n),
             Err(n) => (VIRTIO_BLK_S_IOERR, n),
         },
@@ -101,7 +104,7 @@ fn execute(
                 tracing::debug!("virtio-blk: write to read-only disk refused");
                 return (VIRTIO_BLK_S_IOERR, 0);
             }
-            (write_sectors(disk, sector, reader), 0)
+            (write_sectors(buf, disk, sector, reader), 0)
         }
         VIRTIO_BLK_T_FLUSH => match disk.flush() {
             Ok(()) => (VIRTIO_BLK_S_OK, 0),
@@ -128,7 +131,12 @@ fn execute(
 }
 
 /// Read into the guest's buffers; Ok(bytes) or Err(bytes written before failing).
-fn read_sectors(disk: &Disk, sector: u64, data: &mut Writer) -> Result<usize, usize> {
+fn read_sectors(
+    buf: &mut [u8; CHUNK],
+    disk: &Disk,
+    sector: u64,
+    data: &mut Writer,
+) -> Result<usize, usize> {
     let len = data.available_bytes();
     let Some(mut offset) = disk.checked_range(sector, len as u64) else {
         tracing::debug!("virtio-blk: read of {len} bytes at sector {sector} beyond the disk");
@@ -138,7 +146,6 @@ fn read_sectors(disk: &Disk, sector: u64, data: &mut Writer) -> Result<usize, us
         tracing::debug!("virtio-blk: read length {len} is not a multiple of 512");
         return Err(0);
     }
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK);
@@ -155,7 +162,7 @@ fn read_sectors(disk: &Disk, sector: u64, data: &mut Writer) -> Result<usize, us
     Ok(done)
 }
 
-fn write_sectors(disk: &Disk, sector: u64, reader: &mut Reader) -> u8 {
+fn write_sectors(buf: &mut [u8; CHUNK], disk: &Disk, sector: u64, reader: &mut Reader) -> u8 {
     let len = reader.available_bytes();
     let Some(mut offset) = disk.checked_range(sector, len as u64) else {
         tracing::debug!("virtio-blk: write of {len} bytes at sector {sector} beyond the disk");
@@ -165,7 +172,6 @@ fn write_sectors(disk: &Disk, sector: u64, reader: &mut Reader) -> u8 {
         tracing::debug!("virtio-blk: write length {len} is not a multiple of 512");
         return VIRTIO_BLK_S_IOERR;
     }
-    let mut buf = vec![0u8; len.min(CHUNK)];
     let mut done = 0;
     while done < len {
         let n = (len - done).min(CHUNK);

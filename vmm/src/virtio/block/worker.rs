@@ -23,6 +23,7 @@ pub struct BlockWorker {
     queue_event: EventFd,
     interrupt: Interrupt,
     disk: Arc<Disk>,
+    bounce: Box<[u8; request::CHUNK]>,
     broken: bool,
 }
 
@@ -41,6 +42,7 @@ impl BlockWorker {
             queue_event,
             interrupt,
             disk,
+            bounce: Box::new([0; request::CHUNK]),
             broken: false,
         }
     }
@@ -124,7 +126,7 @@ impl BlockWorker {
                     }
                 };
                 let head = chain.head_index();
-                let len = request::process(&self.disk, &self.mem, chain);
+                let len = request::process(&mut self.bounce, &self.disk, &self.mem, chain);
                 if let Err(e) = self.queue.add_used(&self.mem, head, len) {
                     tracing::warn!("virtio-blk: cannot return descriptor {head}: {e}");
                 }

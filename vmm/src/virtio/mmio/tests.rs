@@ -172,3 +172,15 @@ fn activation_and_reset_cycles() {
     d.write_reg(0x000, 1);
     d.write_reg(0x100, 1);
 }
+
+#[test]
+fn driver_ok_without_ready_queues_is_harmless() {
+    let (mut d, _f) = block_driver();
+    let f = d.device_features();
+    assert!(d.negotiate(f));
+    d.driver_ok();
+    assert_eq!(d.status() & status::DRIVER_OK, status::DRIVER_OK);
+    d.write_reg(0x50, 0);
+    d.write_reg(0x70, 0);
+    assert_eq!(d.status(), 0);
+}

@@ -8,9 +8,10 @@
 //! credit allows, so the kernel socket buffer is the only queue on that side.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::num::Wrapping;
+use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use super::packet::{op, PacketHeader, HOST_CID, SHUTDOWN_SEND, TYPE_STREAM};
@@ -154,7 +155,7 @@ impl Connection {
         self.state = ConnState::Established;
         // A fresh socket's send buffer is empty, so this short line cannot block.
         let line = format!("OK {}\n", self.local_port);
-        let n = self.stream.write(line.as_bytes())?;
+        let n = send_nosignal(&self.stream, line.as_bytes())?;
         if n != line.len() {
             return Err(io::Error::new(
                 io::ErrorKind::WriteZero,
@@ -185,7 +186,7 @@ impl Connection {
             self.rx_cnt += Wrapping(n as u32);
             let mut written = 0;
             if self.to_host.is_empty() && !self.host_write_shut {
-                written = match self.stream.write(&bounce[..n]) {
+                written = match send_nosignal(&self.stream, &bounce[..n]) {
                     Ok(w) => w,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
                     Err(e) => return Err(ConnError::Host(e)),
@@ -202,7 +203,7 @@ impl Connection {
     pub fn flush_to_host(&mut self) -> Result<(), ConnError> {
         while !self.to_host.is_empty() {
             let (front, _) = self.to_host.as_slices();
-            match self.stream.write(front) {
+            match send_nosignal(&self.stream, front) {
                 Ok(0) => return Err(ConnError::Host(io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.to_host.drain(..n);
@@ -367,6 +368,25 @@ impl Connection {
         }
         ev
     }
+}
+
+/// Write to a host stream without raising SIGPIPE when the host end is gone
+/// (the error comes back as EPIPE instead, whatever the process's signal setup).
+fn send_nosignal(stream: &UnixStream, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid slice for `buf.len()` bytes and the fd is open
+    // for the lifetime of `stream`.
+    let n = unsafe {
+        libc::send(
+            stream.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 #[cfg(test)]

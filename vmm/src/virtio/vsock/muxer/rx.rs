@@ -36,7 +36,13 @@ impl Muxer {
         }
         loop {
             let mut progress = false;
-            let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+            let mut keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+            // Start each pass at a different connection so none can take every buffer.
+            if !keys.is_empty() {
+                self.rx_rotation = self.rx_rotation.wrapping_add(1);
+                let start = self.rx_rotation % keys.len();
+                keys.rotate_left(start);
+            }
             for key in keys {
                 match self.rx_for_conn(key) {
                     RxOutcome::Sent | RxOutcome::Consumed => progress = true,

@@ -65,7 +65,11 @@ fn find_program(p: &Path) -> Option<PathBuf> {
         return p.is_file().then(|| p.to_path_buf());
     }
     std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|d| d.join(p)).find(|c| c.is_file()))
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(p))
+                .find(|c| c.is_file())
+        })
         .unwrap_or(None)
 }
 
@@ -96,7 +100,8 @@ impl Lane {
         }
         for d in &cfg.shared_dirs {
             let s = d.to_string_lossy();
-            if !d.is_absolute() || !d.is_dir() || s.contains(char::is_whitespace) || s.contains(',') {
+            if !d.is_absolute() || !d.is_dir() || s.contains(char::is_whitespace) || s.contains(',')
+            {
                 return Err(LaneError::BadConfig(format!(
                     "shared dir {s:?} must be an existing absolute directory without spaces or commas"
                 )));
@@ -104,7 +109,21 @@ impl Lane {
         }
         let kernel = match cfg.kernel.clone() {
             Some(k) => k,
-            None => KernelStore::default_store().ensure(&FetchOptions::from_env())?,
+            None => {
+                let store = KernelStore::default_store();
+                match store.ensure(&FetchOptions::from_env()) {
+                    Ok(k) => k,
+                    // Offline (no apt lists, no network): a kernel already in the store is
+                    // the same real kernel, only perhaps not the newest.
+                    Err(e) => match store.latest() {
+                        Ok(k) => {
+                            tracing::warn!(error = %e, kernel = %k.dir.display(), "cannot check for a newer guest kernel; using the stored one");
+                            k
+                        }
+                        Err(_) => return Err(e.into()),
+                    },
+                }
+            }
         };
         let parent = cfg.work_parent.clone().unwrap_or_else(std::env::temp_dir);
         let work = tempfile::Builder::new()
@@ -124,15 +143,33 @@ impl Lane {
             .collect();
         let mut server: Vec<String> = cfg.l2_program.iter().map(|a| quote(a)).collect();
         server.push("serve".into());
-        let env = format!("SHARES={}\nSERVER={}\n", quote(&shares.join(" ")), quote(&server.join(" ")));
+        let env = format!(
+            "SHARES={}\nSERVER={}\n",
+            quote(&shares.join(" ")),
+            quote(&server.join(" "))
+        );
         std::fs::write(wdir.join("l2.env"), env).map_err(|e| LaneError::io("write l2.env", e))?;
 
         let console = wdir.join("console.log");
         let ctl = wdir.join("ctl.sock");
         let mut cmd = Command::new(&qemu);
         cmd.args(["-accel", "tcg,thread=multi,tb-size=512", "-M", "q35"])
-            .args(["-cpu", &cfg.cpu, "-smp", &cfg.smp.to_string(), "-m", &cfg.mem_mib.to_string()])
-            .args(["-display", "none", "-nodefaults", "-no-reboot", "-monitor", "none"])
+            .args([
+                "-cpu",
+                &cfg.cpu,
+                "-smp",
+                &cfg.smp.to_string(),
+                "-m",
+                &cfg.mem_mib.to_string(),
+            ])
+            .args([
+                "-display",
+                "none",
+                "-nodefaults",
+                "-no-reboot",
+                "-monitor",
+                "none",
+            ])
             .arg("-serial")
             .arg(format!("file:{}", console.display()))
             .arg("-kernel")
@@ -147,7 +184,10 @@ impl Lane {
             .arg("-virtfs")
             .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
             .arg("-virtfs")
-            .arg(format!("local,path={},mount_tag=lanework,security_model=none,multidevs=remap", wdir.display()));
+            .arg(format!(
+                "local,path={},mount_tag=lanework,security_model=none,multidevs=remap",
+                wdir.display()
+            ));
         for (i, d) in cfg.shared_dirs.iter().enumerate() {
             cmd.arg("-virtfs").arg(format!(
                 "local,path={},mount_tag=rw{i},security_model=none,multidevs=remap",
@@ -157,16 +197,26 @@ impl Lane {
         cmd.args(["-device", "virtio-serial-pci,max_ports=32"]);
         let mut chardev = |id: &str, path: &Path, name: &str| {
             cmd.arg("-chardev")
-                .arg(format!("socket,id={id},path={},server=on,wait=off", path.display()))
+                .arg(format!(
+                    "socket,id={id},path={},server=on,wait=off",
+                    path.display()
+                ))
                 .arg("-device")
                 .arg(format!("virtserialport,chardev={id},name={name}"));
         };
         chardev("ctl", &ctl, CONTROL_PORT);
         for n in 0..cfg.relay_ports {
-            chardev(&format!("relay{n}"), &relay_path(&wdir, n), &format!("{RELAY_PORT_PREFIX}{n}"));
+            chardev(
+                &format!("relay{n}"),
+                &relay_path(&wdir, n),
+                &format!("{RELAY_PORT_PREFIX}{n}"),
+            );
         }
-        let qlog = std::fs::File::create(wdir.join("qemu.log")).map_err(|e| LaneError::io("create qemu.log", e))?;
-        let qlog2 = qlog.try_clone().map_err(|e| LaneError::io("dup qemu.log", e))?;
+        let qlog = std::fs::File::create(wdir.join("qemu.log"))
+            .map_err(|e| LaneError::io("create qemu.log", e))?;
+        let qlog2 = qlog
+            .try_clone()
+            .map_err(|e| LaneError::io("dup qemu.log", e))?;
         cmd.stdin(Stdio::null()).stdout(qlog).stderr(qlog2);
         tracing::info!(cpu = %cfg.cpu, dir = %wdir.display(), "starting the nested lane");
         let child = cmd
@@ -180,7 +230,10 @@ impl Lane {
             }
             let mut tail = tail_lines(&console, 30);
             let q = tail_lines(&wdir.join("qemu.log"), 10);
-            let q: Vec<&str> = q.lines().filter(|l| !l.contains("doesn't support requested feature")).collect();
+            let q: Vec<&str> = q
+                .lines()
+                .filter(|l| !l.contains("doesn't support requested feature"))
+                .collect();
             if !q.is_empty() {
                 tail.push_str("\nQEMU said:\n");
                 tail.push_str(&q.join("\n"));
@@ -198,11 +251,20 @@ impl Lane {
             }
             match UnixStream::connect(&ctl) {
                 Ok(s) => break s,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(fail(format!("control socket never appeared: {e}"), &mut lane_qemu)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    return Err(fail(
+                        format!("control socket never appeared: {e}"),
+                        &mut lane_qemu,
+                    ))
+                }
             }
         };
-        let reader = stream.try_clone().map_err(|e| LaneError::io("dup control socket", e))?;
+        let reader = stream
+            .try_clone()
+            .map_err(|e| LaneError::io("dup control socket", e))?;
         let shared = Arc::new(Shared {
             writer: Mutex::new(stream),
             routes: Mutex::default(),
@@ -219,12 +281,18 @@ impl Lane {
             match ready_rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(info) => break info,
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(fail("the L2 command server never answered".into(), &mut lane_qemu))
+                    return Err(fail(
+                        "the L2 command server never answered".into(),
+                        &mut lane_qemu,
+                    ))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             if let Ok(Some(st)) = lane_qemu.as_mut().expect("child").try_wait() {
-                return Err(fail(format!("QEMU exited before L2 was ready ({st})"), &mut lane_qemu));
+                return Err(fail(
+                    format!("QEMU exited before L2 was ready ({st})"),
+                    &mut lane_qemu,
+                ));
             }
             if Instant::now() >= deadline {
                 return Err(fail(
@@ -235,7 +303,10 @@ impl Lane {
         };
         if !info.kvm {
             return Err(fail(
-                format!("kvm_amd did not give L2 a /dev/kvm (does -cpu {} have svm and npt?)", cfg.cpu),
+                format!(
+                    "kvm_amd did not give L2 a /dev/kvm (does -cpu {} have svm and npt?)",
+                    cfg.cpu
+                ),
                 &mut lane_qemu,
             ));
         }
@@ -277,10 +348,18 @@ impl Lane {
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
         let (tx, rx) = mpsc::channel();
-        self.shared.routes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
         let payload = serde_json::to_vec(spec).expect("spec serializes");
         if let Err(e) = self.shared.send(protocol::SPAWN, id, &payload) {
-            self.shared.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.shared
+                .routes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(e);
         }
         Ok(LaneProcess {
@@ -332,11 +411,7 @@ fn relay_path(work: &Path, n: u32) -> PathBuf {
 }
 
 fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: Sender<ReadyInfo>) {
-    loop {
-        let frame = match protocol::read_frame(&mut reader) {
-            Ok(Some(f)) => f,
-            Ok(None) | Err(_) => break,
-        };
+    while let Ok(Some(frame)) = protocol::read_frame(&mut reader) {
         if frame.kind == protocol::READY {
             let info = serde_json::from_slice(&frame.payload).unwrap_or_default();
             let _ = ready.send(info);
@@ -345,8 +420,12 @@ fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: Sender<ReadyInf
         let event = match frame.kind {
             protocol::STDOUT => Event::Stdout(frame.payload),
             protocol::STDERR => Event::Stderr(frame.payload),
-            protocol::EXIT => Event::Exit(serde_json::from_slice(&frame.payload).unwrap_or_default()),
-            protocol::SPAWN_FAILED => Event::Failed(String::from_utf8_lossy(&frame.payload).into_owned()),
+            protocol::EXIT => {
+                Event::Exit(serde_json::from_slice(&frame.payload).unwrap_or_default())
+            }
+            protocol::SPAWN_FAILED => {
+                Event::Failed(String::from_utf8_lossy(&frame.payload).into_owned())
+            }
             other => {
                 tracing::warn!(kind = other, "unknown frame from the lane server");
                 continue;
@@ -362,7 +441,12 @@ fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: Sender<ReadyInf
         }
     }
     shared.closed.store(true, Ordering::SeqCst);
-    for (_, tx) in shared.routes.lock().unwrap_or_else(|e| e.into_inner()).drain() {
+    for (_, tx) in shared
+        .routes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+    {
         let _ = tx.send(Event::Closed);
     }
 }
@@ -488,7 +572,9 @@ impl LaneProcess {
 
     /// Sends `sig` to the command's process group.
     pub fn signal(&self, sig: i32) {
-        let _ = self.shared.send(protocol::SIGNAL, self.id, &sig.to_le_bytes());
+        let _ = self
+            .shared
+            .send(protocol::SIGNAL, self.id, &sig.to_le_bytes());
     }
 
     /// Kills the command's process group (SIGKILL).
@@ -502,6 +588,10 @@ impl Drop for LaneProcess {
         if self.status.is_none() && !self.shared.closed.load(Ordering::SeqCst) {
             self.kill();
         }
-        self.shared.routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+        self.shared
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }

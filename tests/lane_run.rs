@@ -1,0 +1,206 @@
+//! `voidbox run` end to end in real microVMs: on hosts without hardware KVM
+//! through the nested lane (QEMU TCG + KVM inside), otherwise directly.
+//! Needs the static guest agent built first:
+//! `cargo build -p voidbox-guest-agent --profile agent --target x86_64-unknown-linux-musl`
+//! (scripts/test.sh does it). All checks share one test so the guest image
+//! is built once.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_voidbox");
+
+fn qemu_available() -> bool {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+struct Env {
+    home: PathBuf,
+    work: tempfile::TempDir,
+}
+
+impl Env {
+    fn voidbox(&self, args: &[&str]) -> Output {
+        let out = Command::new(BIN)
+            .args(args)
+            .env("VOIDBOX_HOME", &self.home)
+            .env_remove("VOIDBOX_KERNEL")
+            .env_remove("VOIDBOX_INITRAMFS")
+            .output()
+            .unwrap();
+        eprintln!(
+            "--- voidbox {}: {:?}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn spec(&self, name: &str, text: &str) -> String {
+        let p = self.work.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+
+    fn run_dirs_left(&self) -> usize {
+        std::fs::read_dir(self.home.join("run"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn events(o: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn step_finished<'a>(ev: &'a [serde_json::Value], step: &str) -> Option<&'a serde_json::Value> {
+    ev.iter()
+        .find(|e| e["event"] == "step_finished" && e["step"] == step)
+}
+
+#[test]
+fn workflows_in_real_microvms() {
+    if !qemu_available() {
+        eprintln!(
+            "skipping: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+        );
+        return;
+    }
+    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
+    let env = Env {
+        home,
+        work: tempfile::tempdir().unwrap(),
+    };
+
+    // The default guest image from the real parts: Debian kernel, musl agent, busybox.
+    let o = env.voidbox(&["guest", "build"]);
+    assert!(o.status.success(), "guest build failed: see above");
+
+    // 1. examples/hello.yaml, human output.
+    let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello.yaml");
+    let o = env.voidbox(&["run", "--file", hello.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("hello from a voidbox microVM"), "{stdout}");
+    assert!(stdout.contains("user 65534"), "{stdout}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("==> step hello: ok"));
+    assert_eq!(env.run_dirs_left(), 0, "the run directory was removed");
+
+    // 2. Inputs, stdin_from, outputs, a timeout, a failing step and skipped dependents.
+    let input = env.work.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::write(input.join("words.txt"), "alpha\nbeta\n").unwrap();
+    let spec = env.spec(
+        "features.yaml",
+        r#"api_version: v1
+kind: workflow
+name: features
+sandbox:
+  inputs: [{host: in, guest: /work/in}]
+  outputs: [{guest: /work/out, host: out}]
+  env: {GREETING: hi}
+workflow:
+  steps:
+    - name: slow
+      shell: sleep 60
+      timeout_secs: 3
+    - name: read
+      shell: cat /work/in/words.txt; echo "$GREETING"
+    - name: upper
+      run: {program: tr, args: [a-z, A-Z]}
+      depends_on: [read]
+      stdin_from: read
+    - name: save
+      shell: mkdir -p /work/out && echo saved > /work/out/result.txt
+    - name: fail
+      shell: echo bad >&2; exit 3
+    - name: never
+      shell: echo unreachable
+      depends_on: [fail]
+"#,
+    );
+    let o = env.voidbox(&["run", "--json", "--file", &spec]);
+    let ev = events(&o);
+    assert_eq!(
+        o.status.code(),
+        Some(124),
+        "the first failure (the timeout) decides: {ev:#?}"
+    );
+    let slow = step_finished(&ev, "slow").expect("slow finished");
+    assert_eq!(slow["timed_out"], true);
+    assert!(slow["duration_ms"].as_u64().unwrap() < 30_000);
+    let upper_out: String = ev
+        .iter()
+        .filter(|e| e["event"] == "output" && e["step"] == "upper")
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(upper_out, "ALPHA\nBETA\nHI\n");
+    assert_eq!(step_finished(&ev, "fail").unwrap()["exit_code"], 3);
+    assert!(ev
+        .iter()
+        .any(|e| e["event"] == "step_skipped" && e["step"] == "never"));
+    assert!(step_finished(&ev, "never").is_none());
+    let result = env.work.path().join("out/result.txt");
+    assert_eq!(std::fs::read_to_string(&result).unwrap(), "saved\n");
+
+    // 3. An output holding a symlink that points out of its host directory is refused.
+    let spec = env.spec(
+        "escape.yaml",
+        "api_version: v1\nkind: workflow\nname: escape\nsandbox:\n  outputs: [{guest: /work/evil, host: evil-out}]\nworkflow:\n  steps:\n    - {name: plant, shell: 'mkdir -p /work/evil && ln -s /etc/passwd /work/evil/link && echo x > /work/evil/ok'}\n",
+    );
+    let o = env.voidbox(&["run", "--file", &spec]);
+    assert_eq!(o.status.code(), Some(125));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("points outside its host directory"), "{e}");
+    assert!(!env.work.path().join("evil-out/link").exists());
+
+    // 4. The guest enforces the allowlist: `ls` passes the host's name
+    //    check but resolves to /bin/ls, which is not the allowed path.
+    let spec = env.spec(
+        "allow.yaml",
+        "api_version: v1\nkind: workflow\nname: allow\nsandbox:\n  allow_commands: [/bin/echo, /usr/local/bin/ls]\nworkflow:\n  steps:\n    - {name: ok, run: {program: echo, args: [allowed]}}\n    - {name: denied, run: {program: ls, args: [/]}}\n",
+    );
+    let o = env.voidbox(&["run", "--json", "--file", &spec]);
+    let ev = events(&o);
+    assert_eq!(o.status.code(), Some(126), "{ev:#?}");
+    assert_eq!(step_finished(&ev, "ok").unwrap()["exit_code"], 0);
+    assert_eq!(step_finished(&ev, "denied").unwrap()["exit_code"], 126);
+
+    // 5. A kernel that does not boot: an initramfs without /init panics the
+    //    kernel; the error names the console log and shows its last lines.
+    let home_guest = std::fs::read_dir(env.home.join("guest"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("vmlinux").is_file())
+        .expect("unpacked guest image")
+        .path();
+    let mut empty = voidbox_guest_image::initramfs::Initramfs::new();
+    empty.add_dir("etc", 0o755).unwrap();
+    let empty_path = env.work.path().join("empty.cpio");
+    std::fs::write(&empty_path, empty.to_newc()).unwrap();
+    let spec = env.spec(
+        "panic.yaml",
+        &format!(
+            "api_version: v1\nkind: workflow\nname: panic\nsandbox:\n  kernel: {}\n  initramfs: {}\n  timeout_secs: 60\nworkflow:\n  steps: [{{name: a, shell: 'true'}}]\n",
+            home_guest.join("vmlinux").display(),
+            empty_path.display()
+        ),
+    );
+    let o = env.voidbox(&["run", "--boot-timeout", "120", "--file", &spec]);
+    assert_eq!(o.status.code(), Some(123));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("console log: "), "{e}");
+    assert!(e.contains("Kernel panic"), "{e}");
+    assert_eq!(
+        env.run_dirs_left(),
+        0,
+        "no run directory is left after failures"
+    );
+}

@@ -1,0 +1,260 @@
+//! The `voidbox-vmm` binary: flags, exit statuses and error messages, and a
+//! whole boot path (ELF load, zero page, cmdline, ACPI, virtio slot, serial
+//! file, reset/panic exits) on this host's KVM with a tiny ELF payload.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use voidbox_vmm::exit_code;
+
+fn vmm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .args(args)
+        .output()
+        .expect("run voidbox-vmm")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A minimal static ELF64 "kernel" whose entry (64-bit, zero page in RSI)
+/// runs `code` loaded at 1 MiB.
+fn elf_payload(dir: &Path, name: &str, code: &[u8]) -> PathBuf {
+    const LOAD: u64 = 0x10_0000;
+    let mut f = Vec::new();
+    f.extend(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend(2u16.to_le_bytes()); // ET_EXEC
+    f.extend(0x3eu16.to_le_bytes()); // x86_64
+    f.extend(1u32.to_le_bytes());
+    f.extend(LOAD.to_le_bytes()); // e_entry
+    f.extend(64u64.to_le_bytes()); // e_phoff
+    f.extend(0u64.to_le_bytes()); // e_shoff
+    f.extend(0u32.to_le_bytes());
+    f.extend(64u16.to_le_bytes());
+    f.extend(56u16.to_le_bytes());
+    f.extend(1u16.to_le_bytes()); // one program header
+    f.extend([0u8; 6]);
+    f.extend(1u32.to_le_bytes()); // PT_LOAD
+    f.extend(5u32.to_le_bytes()); // R+X
+    f.extend(0x1000u64.to_le_bytes()); // p_offset
+    f.extend(LOAD.to_le_bytes());
+    f.extend(LOAD.to_le_bytes());
+    f.extend((code.len() as u64).to_le_bytes());
+    f.extend((code.len() as u64).to_le_bytes());
+    f.extend(0x1000u64.to_le_bytes());
+    f.resize(0x1000, 0);
+    f.extend(code);
+    let path = dir.join(name);
+    std::fs::write(&path, f).unwrap();
+    path
+}
+
+const SERIAL_DX: [u8; 4] = [0x66, 0xba, 0xf8, 0x03];
+const NEWLINE_AND_RESET: [u8; 8] = [0xb0, b'\n', 0xee, 0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+
+/// Prints the NUL-terminated cmdline found through the zero page, then resets.
+fn echo_cmdline_code() -> Vec<u8> {
+    let mut c = SERIAL_DX.to_vec();
+    c.extend([0x8b, 0x9e, 0x28, 0x02, 0x00, 0x00]); // mov ebx,[rsi+0x228] (cmd_line_ptr)
+    c.extend([
+        0x8a, 0x03, 0x84, 0xc0, 0x74, 0x06, 0xee, 0x48, 0xff, 0xc3, 0xeb, 0xf4,
+    ]);
+    c.extend(NEWLINE_AND_RESET);
+    c
+}
+
+#[test]
+fn help_explains_every_flag() {
+    let o = vmm(&["--help"]);
+    assert!(o.status.success());
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--mem-mib",
+        "--vcpus",
+        "--disk",
+        "--vsock-uds",
+        "--cid",
+        "--serial",
+        "--config",
+        "Exit status",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["--kernel"],
+        &["--kernel", "k", "--vcpus", "x"],
+        &["--kernel", "k", "--disk", "a,bogus"],
+        &["--kernel", "k", "--cid", "5"],
+        &["--config", "c.json", "--kernel", "k"],
+    ] {
+        let o = vmm(args);
+        assert_eq!(
+            o.status.code(),
+            Some(exit_code::USAGE),
+            "{args:?}: {}",
+            stderr(&o)
+        );
+    }
+}
+
+#[test]
+fn vmm_errors_exit_1_with_one_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let junk = d.join("junk");
+    std::fs::write(&junk, [0x55u8; 1024]).unwrap();
+    let k = elf_payload(d, "k.elf", &[0xf4]);
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["--kernel".into(), d.join("nope").display().to_string()],
+            "cannot read kernel",
+        ),
+        (
+            vec!["--kernel".into(), junk.display().to_string()],
+            "is not a Linux kernel",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.display().to_string(),
+                "--mem-mib".into(),
+                "16".into(),
+            ],
+            "too small",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.display().to_string(),
+                "--mem-mib".into(),
+                "100000000".into(),
+            ],
+            "lower --mem-mib",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.display().to_string(),
+                "--disk".into(),
+                d.join("no.img").display().to_string(),
+            ],
+            "does not exist",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                k.display().to_string(),
+                "--initrd".into(),
+                d.join("no.cpio").display().to_string(),
+            ],
+            "cannot read initrd",
+        ),
+        (
+            vec!["--config".into(), junk.display().to_string()],
+            "not a valid VM configuration",
+        ),
+    ];
+    for (args, needle) in cases {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = vmm(&argv);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(exit_code::VMM_ERROR),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn elf_payload_sees_cmdline_with_slot_entries_and_reset_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = elf_payload(d, "echo.elf", &echo_cmdline_code());
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    let initrd = d.join("extra.cpio");
+    std::fs::write(&initrd, b"070701").unwrap();
+    let console = d.join("console.log");
+    let o = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "hello-from-cmdline",
+        "--vcpus",
+        "2",
+        "--mem-mib",
+        "128",
+        "--disk",
+        &format!("{},ro,serial=id1", disk.display()),
+        "--serial",
+        console.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(exit_code::GUEST_STOPPED),
+        "{}",
+        stderr(&o)
+    );
+    let out = std::fs::read_to_string(&console).unwrap();
+    assert_eq!(
+        out,
+        "hello-from-cmdline virtio_mmio.device=4K@0xd0000000:5\n"
+    );
+}
+
+#[test]
+fn config_file_runs_the_same_vm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = elf_payload(d, "echo.elf", &echo_cmdline_code());
+    let console = d.join("console.log");
+    let cfg = d.join("vm.json");
+    let json = serde_json::json!({
+        "kernel": k, "cmdline": "from-json", "mem_mib": 96, "vcpus": 1,
+        "serial": {"file": console},
+    });
+    std::fs::write(&cfg, json.to_string()).unwrap();
+    let o = vmm(&["--config", cfg.to_str().unwrap()]);
+    assert_eq!(
+        o.status.code(),
+        Some(exit_code::GUEST_STOPPED),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), "from-json\n");
+}
+
+#[test]
+fn console_panic_exits_3_and_shows_last_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut code = SERIAL_DX.to_vec();
+    let text = b"before the panic\nKernel panic - not syncing: payload\n---[ end Kernel panic - not syncing: payload ]---\n";
+    for b in text {
+        code.extend([0xb0, *b, 0xee]);
+    }
+    code.extend([0xf4, 0xeb, 0xfd]); // hlt forever
+    let k = elf_payload(dir.path(), "panic.elf", &code);
+    let o = vmm(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::GUEST_PANIC), "{err}");
+    assert!(err.contains("before the panic"), "{err}");
+    assert!(err.contains("Kernel panic - not syncing: payload"), "{err}");
+}
