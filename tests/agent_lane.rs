@@ -254,14 +254,11 @@ fn agent_in_a_real_guest_survives_hostile_workloads() {
     assert!(bomb_out.unwrap().status.timed_out);
     assert!(t.elapsed() < Duration::from_secs(120));
     let out = c
-        .exec_collect(req(&["sh", "-c", "ps -o pid= | wc -l"]), b"", None)
+        .exec_collect(req(&["ps", "-o", "args"]), b"", None)
         .unwrap();
-    let left: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    assert!(
-        left < 20,
-        "fork bomb leftovers: {left} processes\n{}",
-        console()
-    );
+    let ps = String::from_utf8_lossy(&out.stdout).to_string();
+    let left = ps.lines().filter(|l| l.contains("b | b")).count();
+    assert_eq!(left, 0, "fork bomb leftovers:\n{ps}\n{}", console());
 
     // A workload that kill -9s everything it can see: its neighbours die, the agent does not.
     let victim = c.exec(req(&["sleep", "1000"])).unwrap();
@@ -272,11 +269,8 @@ fn agent_in_a_real_guest_survives_hostile_workloads() {
             None,
         )
         .unwrap();
-    assert_eq!(
-        out.status.signal,
-        Some(9),
-        "kill -9 -1 also kills the shell itself"
-    );
+    // kill(-1) spares the caller itself; everything else of the workload's uid dies.
+    assert_eq!(out.stdout, b"survived\n", "{out:?}");
     assert_eq!(
         victim
             .wait_with(|_| {}, |_| {}, Some(Duration::from_secs(60)))

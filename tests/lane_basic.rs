@@ -101,6 +101,37 @@ fn lane_serves_many_commands() {
         .unwrap_err();
     assert!(matches!(err, LaneError::Timeout { .. }), "{err}");
 
+    // Relays: an unknown port is refused up front; a relay whose host side never connects
+    // gives up after its timeout with a message.
+    let err = lane
+        .start_relay(9, std::path::Path::new("/run/x.sock"), 1024, t)
+        .unwrap_err();
+    assert!(err.to_string().contains("relay port 9"), "{err}");
+    let relay = lane
+        .start_relay(
+            0,
+            std::path::Path::new("/run/none.sock"),
+            1024,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+    let out = relay.wait(t).unwrap();
+    assert_eq!(out.status.code, Some(1), "{out:?}");
+    assert!(
+        out.stderr_str().contains("no host client"),
+        "{}",
+        out.stderr_str()
+    );
+
+    // L2's /tmp and /run are private and writable.
+    let out = lane
+        .run(
+            &sh("echo x > /tmp/a && echo y > /run/b && cat /tmp/a /run/b"),
+            t,
+        )
+        .unwrap();
+    assert_eq!(out.stdout_str(), "x\ny\n", "{}", out.stderr_str());
+
     // A missing program is a clear error, and the lane keeps working afterwards.
     let err = lane
         .run(&CommandSpec::new(["/nonexistent/prog"]), t)
@@ -112,6 +143,6 @@ fn lane_serves_many_commands() {
 #[test]
 fn missing_l2_program_is_a_config_error() {
     let cfg = LaneConfig::new(vec!["relative/prog".into()]);
-    let err = Lane::start(cfg).err().expect("must fail");
+    let err = Lane::start(cfg).expect_err("must fail");
     assert!(err.to_string().contains("absolute path"), "{err}");
 }

@@ -9,6 +9,7 @@
 //! /lib/modules/<release>/modules.dep     `path: deps...`, dependencies first
 //! /etc/passwd, /etc/group, /etc/hostname root and nobody
 //! /dev/console                           so the kernel gives PID 1 a console
+//! /skills                                a mount point for a skill image
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,10 @@ use std::process::Command;
 use crate::error::{Error, Result};
 use crate::initramfs::Initramfs;
 use crate::kernel::{GuestKernel, GUEST_MODULES};
+
+/// Modules loaded on demand by the kernel (crypto API), not listed as
+/// dependencies in any `.modinfo`: ext4 needs crc32c for its checksums.
+pub const EXTRA_MODULES: &[&str] = &["crc32c_generic"];
 
 /// Debian's package with a static busybox.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
@@ -262,7 +267,7 @@ pub fn compose(parts: &GuestParts<'_>) -> Result<Initramfs> {
     let mut fs = Initramfs::new();
     for dir in [
         "bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "root",
-        "mnt", "var", "lib", "home",
+        "mnt", "var", "lib", "home", "skills",
     ] {
         fs.add_dir(dir, 0o755)?;
     }
@@ -295,7 +300,8 @@ pub fn compose(parts: &GuestParts<'_>) -> Result<Initramfs> {
     let release = &parts.kernel.manifest.release;
     let base = format!("lib/modules/{release}");
     let tree = parts.kernel.module_tree()?;
-    let modules = tree.resolve(GUEST_MODULES)?;
+    let wanted: Vec<&str> = EXTRA_MODULES.iter().chain(GUEST_MODULES).copied().collect();
+    let modules = tree.resolve(&wanted)?;
     let mut dep_lines = String::new();
     for m in &modules {
         let rel = m.rel_path.to_string_lossy();

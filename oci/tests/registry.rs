@@ -135,7 +135,12 @@ fn pull_repull_offline_and_moved_tag() {
     assert!(store.remove_image(&moved.reference).unwrap());
     assert!(!moved.disk.exists());
     assert!(pinned.disk.exists());
+    // Fresh unreferenced blobs survive the default grace period, not a zero one.
+    let dangling = store.put_blob_bytes(b"not referenced", None).unwrap();
     store.prune().unwrap();
+    assert!(store.has_blob(&dangling));
+    store.prune_older_than(std::time::Duration::ZERO).unwrap();
+    assert!(!store.has_blob(&dangling));
     assert_store_consistent(&store);
     assert!(store.has_blob(&v1) && !store.has_blob(&v2));
 }

@@ -97,8 +97,8 @@ pub fn parse(text: &str) -> Result<Node, Diagnostic> {
         if let Err(e) = serde_json::from_str::<serde_json::Value>(text) {
             return Err(Diagnostic::new(
                 Pos {
-                    line: e.line(),
-                    col: e.column(),
+                    line: e.line().max(1),
+                    col: e.column().max(1),
                 },
                 "",
                 format!("invalid JSON: {}", strip_json_position(&e.to_string())),
@@ -141,7 +141,7 @@ impl Builder {
                 let m = e.marker();
                 Diagnostic::new(
                     Pos {
-                        line: m.line(),
+                        line: m.line().max(1),
                         col: m.col() + 1,
                     },
                     "",

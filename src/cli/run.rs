@@ -106,10 +106,7 @@ pub fn open_context(
 
 fn to_u8(code: i32) -> u8 {
     // Exit statuses are 8 bits; keep a failure a failure.
-    match u8::try_from(code) {
-        Ok(c) => c,
-        Err(_) => 1,
-    }
+    u8::try_from(code).unwrap_or(1)
 }
 
 /// Runs a spec file.

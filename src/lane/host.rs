@@ -482,6 +482,28 @@ pub struct LaneProcess {
     status: Option<ExitInfo>,
 }
 
+impl std::fmt::Debug for LaneProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaneProcess")
+            .field("id", &self.id)
+            .field("argv0", &self.argv0)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Lane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lane")
+            .field(
+                "work_dir",
+                &self.work.as_ref().map(|w| w.path().to_path_buf()),
+            )
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
 fn capture(buf: &mut Vec<u8>, data: &[u8]) {
     if buf.len() + data.len() <= MAX_CAPTURE {
         buf.extend_from_slice(data);

@@ -128,7 +128,7 @@ fn resolve_image(
         let hint = if options.policy == PullPolicy::Never {
             format!("pull it first with `voidbox image pull {reference}` (--offline never contacts a registry)")
         } else {
-            format!("check the name and that its registry is reachable, or build/import it (`voidbox image pull oci:DIR` / `docker-archive:FILE`)")
+            "check the name and that its registry is reachable, or build/import it (`voidbox image pull oci:DIR` / `docker-archive:FILE`)".to_string()
         };
         Error::Image(format!("{field}: cannot get image `{reference}`: {e}\n  help: {hint}"))
     })?;

@@ -88,7 +88,7 @@ impl<'a, S: StepDeps> Schedule<'a, S> {
     }
 
     /// The next step to run or skip.
-    pub fn next(&mut self) -> Next {
+    pub fn next_step(&mut self) -> Next {
         for (i, step) in self.steps.iter().enumerate() {
             if self.states[i] != StepState::Pending {
                 continue;
@@ -147,7 +147,7 @@ mod tests {
         let mut s = Schedule::new(steps);
         let mut log = Vec::new();
         loop {
-            match s.next() {
+            match s.next_step() {
                 Next::Run(i) => {
                     let name = &steps[i].name;
                     log.push(format!("run {name}"));

@@ -110,7 +110,14 @@ pub fn run_spec(ctx: &RunContext, spec: &Spec, sink: &mut dyn EventSink) -> Resu
         Err(Error::Interrupted) | Err(Error::Boot { .. }) => Ok(()),
         _ => copy_outputs(&vm, &plan, sink, &ctx.cancel, best_effort),
     };
-    let shutdown = vm.shutdown();
+    let shutdown = if ctx.cancel.is_cancelled() {
+        // No polite shutdown after Ctrl-C: dropping the VM kills it at once
+        // and removes the run directory.
+        drop(vm);
+        Ok(())
+    } else {
+        vm.shutdown()
+    };
     let code = outcome?;
     copied?;
     shutdown?;

@@ -240,6 +240,8 @@ fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Resu
     Ok(dest)
 }
 
+// One value per VM: the size difference between variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Vmm {
     Local(Child),
     Lane {
@@ -493,6 +495,13 @@ impl Vm {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         };
+        // Ctrl-C ends the connection from our side: the relay may never
+        // report the VM going away.
+        if let Ok(handle) = stream.try_clone() {
+            self._cancel_hook = Some(cancel.on_cancel(move || {
+                let _ = handle.shutdown(std::net::Shutdown::Both);
+            }));
+        }
         let secret = secret.clone();
         let left = deadline.saturating_duration_since(Instant::now());
         let (tx, rx) = std::sync::mpsc::channel();

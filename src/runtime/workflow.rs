@@ -258,7 +258,7 @@ pub fn run_steps(
     let mut stdout_of: HashMap<String, Vec<u8>> = HashMap::new();
     let mut first_failure = 0;
     loop {
-        let index = match schedule.next() {
+        let index = match schedule.next_step() {
             Next::Done => break,
             Next::Skip(i, dep) => {
                 sink.emit(Event::StepSkipped {

@@ -138,8 +138,12 @@ pub fn kernel() -> GuestKernel {
 /// Writes the test initramfs (gzip) to `dest`.
 pub fn build_test_initramfs(kernel: &GuestKernel, probe: &Path, dest: &Path) {
     let mut img = Initramfs::new();
-    img.add_file_from("bin/busybox", 0o755, Path::new("/bin/busybox"))
-        .unwrap();
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "the test guest needs a static busybox: apt-get install -y busybox-static"
+    );
+    img.add_file_from("bin/busybox", 0o755, busybox).unwrap();
     img.add_file_from("bin/probe", 0o755, probe).unwrap();
     for d in ["proc", "sys", "dev", "tmp"] {
         img.add_dir(d, 0o755).unwrap();

@@ -17,7 +17,7 @@ use crate::cpu::paging::write_identity_tables;
 use crate::cpu::regs::EntryMode;
 use crate::layout::{
     e820_map, low_ram_end, CMDLINE_ADDR, CMDLINE_MAX, HIMEM_START, PVH_INFO_ADDR, PVH_MEMMAP_ADDR,
-    PVH_MODLIST_ADDR, ZERO_PAGE_ADDR,
+    PVH_MODLIST_ADDR, RESET_VECTOR_ADDR, ZERO_PAGE_ADDR,
 };
 
 const XEN_HVM_START_MAGIC: u32 = 0x336e_c578;
@@ -215,6 +215,16 @@ pub fn load_initrds(
         at += padded;
     }
     Ok(Some(InitrdRange { addr, size: total }))
+}
+
+/// `mov al, 0xfe; out 0x64, al; hlt` (valid in 16- and 32-bit mode): an
+/// i8042 reset, for guests that reboot by jumping to the BIOS reset vector.
+pub const RESET_STUB: [u8; 5] = [0xb0, 0xfe, 0xe6, 0x64, 0xf4];
+
+/// Writes [`RESET_STUB`] at the reset vector.
+pub fn write_reset_stub(mem: &GuestMemoryMmap) -> Result<(), BootError> {
+    mem.write_slice(&RESET_STUB, GuestAddress(RESET_VECTOR_ADDR))?;
+    Ok(())
 }
 
 /// Writes the NUL-terminated command line at [`CMDLINE_ADDR`]; returns its length with the NUL.

@@ -164,7 +164,6 @@ pub fn build(config: &VmConfig) -> Result<Machine, Error> {
 
     let device_count = config.disks.len() + usize::from(config.vsock.is_some());
     let slots = slots::slots(device_count).ok_or(Error::TooManyDevices(device_count))?;
-    attach_devices(&mut machine, config, &slots)?;
 
     let tables = acpi::build(usize::from(config.vcpus), &slots)?;
     for (addr, bytes) in &tables.blobs {
@@ -173,6 +172,7 @@ pub fn build(config: &VmConfig) -> Result<Machine, Error> {
             .write_slice(bytes, GuestAddress(*addr))
             .map_err(VmError::GuestWrite)?;
     }
+    boot::write_reset_stub(machine.memory())?;
     let cmdline = full_cmdline(&config.cmdline, &slots);
     let cmdline_len = boot::write_cmdline(machine.memory(), &cmdline)?;
 
@@ -195,6 +195,8 @@ pub fn build(config: &VmConfig) -> Result<Machine, Error> {
     };
     tracing::debug!(?mode, entry, "boot");
     machine.configure_boot(mode, entry)?;
+    // Last: the vsock device binds its socket, which a later failure would leave behind.
+    attach_devices(&mut machine, config, &slots)?;
     Ok(machine)
 }
 

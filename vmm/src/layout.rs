@@ -27,8 +27,11 @@ pub const CMDLINE_MAX: usize = 2048;
 pub const EBDA_START: u64 = 0x9fc00;
 /// ACPI tables (RSDP first, where the legacy BIOS-area scan finds it too).
 pub const ACPI_START: u64 = 0xe0000;
-/// End of the ACPI area (start of the kernel area).
-pub const ACPI_END: u64 = 0x100000;
+/// End of the ACPI area (the reset vector stub follows).
+pub const ACPI_END: u64 = RESET_VECTOR_ADDR;
+/// The x86 reset vector (F000:FFF0). Linux jumps here for a "BIOS" reboot
+/// (its default on hardware-reduced ACPI without EFI); a stub resets the VM.
+pub const RESET_VECTOR_ADDR: u64 = 0xffff0;
 /// First address above the legacy area; RAM for the kernel starts here.
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the 32-bit MMIO hole: RAM below, devices above (up to 4 GiB).
@@ -90,7 +93,7 @@ pub fn e820_map(mem_bytes: u64) -> Vec<E820Entry> {
         },
         E820Entry {
             addr: ACPI_START,
-            size: ACPI_END - ACPI_START,
+            size: HIMEM_START - ACPI_START,
             kind: E820_RESERVED,
         },
         E820Entry {

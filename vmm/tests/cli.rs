@@ -221,6 +221,34 @@ fn elf_payload_sees_cmdline_with_slot_entries_and_reset_exits_0() {
 }
 
 #[test]
+fn memory_above_the_hole_is_in_the_e820_map() {
+    // 3.25 GiB: RAM below the 32-bit hole plus 256 MiB from 4 GiB, so the
+    // zero page's e820 map has 4 entries (low, ACPI area, below hole, high).
+    let dir = tempfile::tempdir().unwrap();
+    let mut code = SERIAL_DX.to_vec();
+    code.extend([0x8a, 0x86, 0xe8, 0x01, 0x00, 0x00]); // mov al,[rsi+0x1e8] (e820_entries)
+    code.extend([0x04, b'0', 0xee]); // add al,'0'; out dx,al
+    code.extend(NEWLINE_AND_RESET);
+    let k = elf_payload(dir.path(), "e820.elf", &code);
+    let console = dir.path().join("console.log");
+    let o = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--mem-mib",
+        "3328",
+        "--serial",
+        console.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(exit_code::GUEST_STOPPED),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), "4\n");
+}
+
+#[test]
 fn config_file_runs_the_same_vm() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -174,3 +174,15 @@ fn reset_while_guest_keeps_running_stops_the_vcpu() {
     assert_eq!(long_mode_machine(1, &code).run().unwrap(), VmOutcome::Reset);
     assert!(start.elapsed() < std::time::Duration::from_secs(2));
 }
+
+#[test]
+fn bios_reset_vector_stub_resets() {
+    // What Linux's BIOS reboot ends in: a jump to the reset vector.
+    let code = [0xb8, 0xf0, 0xff, 0x0f, 0x00, 0xff, 0xe0]; // mov eax,0xffff0; jmp eax
+    let mut m = Machine::new(128 * MIB, 1, ConsoleSink::Off).unwrap();
+    m.memory().write_slice(&code, GuestAddress(CODE)).unwrap();
+    voidbox_vmm::boot::write_reset_stub(m.memory()).unwrap();
+    m.configure_boot(EntryMode::Pvh { start_info: 0x6000 }, CODE)
+        .unwrap();
+    assert_eq!(m.run().unwrap(), VmOutcome::Reset);
+}

@@ -80,7 +80,7 @@ pub fn run(args: &[String]) -> ! {
             "voidbox-agent",
         ),
     }
-    let data = match take_boot_data() {
+    let mut data = match take_boot_data() {
         Ok(d) => d,
         Err(e) => fatal(&e),
     };
@@ -120,6 +120,8 @@ pub fn run(args: &[String]) -> ! {
     let cgroup_root = mounts::cgroups().unwrap_or_else(|e| fatal(&format!("cgroup2: {e}")));
     let config = ServiceConfig::from_boot_data(&data, cgroup_root, Arc::new(|| reset()))
         .unwrap_or_else(|e| fatal(&e.to_string()));
+    // Wipe the hex copy of the secret; the service keeps only its own copy.
+    voidbox_guest_agent::protocol::auth::wipe(&mut std::mem::take(&mut data.secret).into_bytes());
     drop(data);
     // SAFETY: fork in a single-threaded process; the child only continues in Rust code.
     let pid = unsafe { libc::fork() };
@@ -206,6 +208,6 @@ fn take_boot_data() -> Result<BootData, String> {
         ));
     }
     let data = BootData::from_json(&bytes).map_err(|e| e.to_string());
-    bytes.iter_mut().for_each(|b| *b = 0);
+    voidbox_guest_agent::protocol::auth::wipe(&mut bytes);
     data
 }

@@ -31,11 +31,16 @@ impl std::fmt::Debug for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        for b in self.0.iter_mut() {
-            // SAFETY: `b` is a valid, aligned &mut u8; the volatile write keeps
-            // the compiler from eliding the wipe of memory about to be freed.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        wipe(&mut self.0);
+    }
+}
+
+/// Overwrites `bytes` with zeros in a way the compiler cannot elide.
+pub fn wipe(bytes: &mut [u8]) {
+    for b in bytes.iter_mut() {
+        // SAFETY: `b` is a valid, aligned &mut u8; the volatile write keeps
+        // the compiler from eliding the wipe of memory about to be freed.
+        unsafe { std::ptr::write_volatile(b, 0) };
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
 
 use crate::digest::Digest;
 use crate::disk::DISK_BUILDER_VERSION;
@@ -9,6 +10,9 @@ use crate::error::{IoContext, Result};
 use crate::manifest::{image_blobs, parse_manifest, Manifest};
 
 use super::{RefRecord, Store};
+
+/// Unreferenced blobs and disks younger than this survive `prune`.
+pub const PRUNE_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// What `prune` removed.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -81,8 +85,25 @@ impl Store {
         Ok(true)
     }
 
-    /// Removes blobs and disks that no reference reaches, and stale temp files.
+    /// Removes blobs and disks that no reference reaches and that are older than
+    /// [`PRUNE_GRACE`], and temp files of dead processes. The grace period protects images
+    /// being assembled by another process that has not recorded its reference yet.
     pub fn prune(&self) -> Result<PruneReport> {
+        self.prune_older_than(PRUNE_GRACE)
+    }
+
+    /// [`Store::prune`] with an explicit grace period (`Duration::ZERO` prunes everything
+    /// unreferenced).
+    pub fn prune_older_than(&self, grace: Duration) -> Result<PruneReport> {
+        let cutoff = SystemTime::now()
+            .checked_sub(grace)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let young = |entry: &std::fs::DirEntry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t > cutoff)
+        };
         let _lock = self.lock_exclusive()?;
         self.remove_dead_sessions()?;
         let refs = self.list_refs()?;
@@ -98,7 +119,7 @@ impl Store {
                 .to_str()
                 .and_then(|n| Digest::from_hex(n).ok())
                 .is_some_and(|d| live.contains(&d));
-            if !keep {
+            if !keep && !young(&entry) {
                 report.bytes_freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 std::fs::remove_file(entry.path()).at(entry.path())?;
                 report.blobs_removed += 1;
@@ -107,7 +128,7 @@ impl Store {
         let disks = self.root.join("disks");
         for entry in std::fs::read_dir(&disks).at(&disks)? {
             let entry = entry.at(&disks)?;
-            if !live_disks.contains(&entry.path()) {
+            if !live_disks.contains(&entry.path()) && !young(&entry) {
                 report.bytes_freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
                 std::fs::remove_file(entry.path()).at(entry.path())?;
                 report.disks_removed += 1;

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 pub use blob::{BlobWriter, PendingBlob};
-pub use gc::{PruneReport, StoreProblem};
+pub use gc::{PruneReport, StoreProblem, PRUNE_GRACE};
 pub use lock::FileLock;
 pub use refs::RefRecord;
 
