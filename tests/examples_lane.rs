@@ -35,7 +35,9 @@ fn voidbox(home: &Path, args: &[&str]) -> Output {
 fn examples_run_in_microvms() {
     let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
     if !qemu.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipping: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)");
+        eprintln!(
+            "skipping: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+        );
         return;
     }
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-examples-home");
@@ -66,10 +68,16 @@ fn examples_run_in_microvms() {
     assert_eq!(o.status.code(), Some(0));
     assert!(out_dir.join("hello").is_file(), "the binary came out");
     let log = std::fs::read_to_string(out_dir.join("test.log")).unwrap();
-    assert!(log.contains("hello, voidbox: built and run inside a voidbox microVM"), "{log}");
+    assert!(
+        log.contains("hello, voidbox: built and run inside a voidbox microVM"),
+        "{log}"
+    );
 
     // agent-tool: a Python tool call under an allowlist, with the LLM settings.
-    let o = voidbox(&home, &["run", "--json", "--file", "examples/agent-tool.yaml"]);
+    let o = voidbox(
+        &home,
+        &["run", "--json", "--file", "examples/agent-tool.yaml"],
+    );
     assert_eq!(o.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&o.stdout);
     let data: String = stdout
@@ -78,10 +86,17 @@ fn examples_run_in_microvms() {
         .filter(|e| e["event"] == "output" && e["stream"] == "stdout")
         .map(|e| e["data"].as_str().unwrap_or_default().to_string())
         .collect();
-    let result: serde_json::Value = serde_json::from_str(data.trim()).expect("the tool printed JSON");
+    let result: serde_json::Value =
+        serde_json::from_str(data.trim()).expect("the tool printed JSON");
     assert_eq!(result["result"], 385);
     assert_eq!(result["model"], "gpt-4o-mini");
     assert_eq!(result["uid"], 65534);
-    assert!(result["prompt"].as_str().unwrap().starts_with("Sum the squares"));
-    assert!(!stdout.contains("sk-test-not-a-real-key"), "the key never appears in events");
+    assert!(result["prompt"]
+        .as_str()
+        .unwrap()
+        .starts_with("Sum the squares"));
+    assert!(
+        !stdout.contains("sk-test-not-a-real-key"),
+        "the key never appears in events"
+    );
 }

@@ -203,4 +203,60 @@ workflow:
         0,
         "no run directory is left after failures"
     );
+
+    // 6. exec: one command, stdin attached (piped), exit code passed through.
+    let mut child = Command::new(BIN)
+        .args([
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo \"got $line\"; exit 7",
+        ])
+        .env("VOIDBOX_HOME", &env.home)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"data\n").unwrap();
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "got data\n");
+
+    // 7. Ctrl-C during a step stops the VM and cleans up.
+    let spec = env.spec(
+        "sleep.yaml",
+        "api_version: v1\nkind: workflow\nname: sleeper\nworkflow:\n  steps:\n    - {name: sleep, shell: 'sleep 300'}\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "--json", "--file", &spec])
+        .env("VOIDBOX_HOME", &env.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .any(|line| line.contains("\"step_started\""));
+    assert!(started, "the sleep step started");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // SAFETY: kill(2) on our own child; no memory effects.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(env.run_dirs_left(), 0, "Ctrl-C removed the run directory");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let home = env.home.display().to_string();
+    let stray: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&home) || c.contains("sleeper-"))
+        .collect();
+    assert!(stray.is_empty(), "stray processes: {stray:?}");
 }

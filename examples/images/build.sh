@@ -2,7 +2,7 @@
 # Builds the example images from Debian packages and imports them into the
 # voidbox store (no public registry is needed):
 #   toolchain  debootstrap minbase + gcc, libc6-dev, make   (examples/ci-build.yaml)
-#   python     debootstrap minbase + python3-minimal          (examples/agent-tool.yaml)
+#   python     debootstrap minbase + python3                  (examples/agent-tool.yaml)
 #   text-tools examples/skills/text-tools as a one-layer image (examples/skills.yaml)
 # Usage: examples/images/build.sh [OUT_DIR] [VOIDBOX]
 # OUT_DIR defaults to target/example-images (where the specs look); VOIDBOX
@@ -46,7 +46,7 @@ debian_image() {
 }
 
 debian_image toolchain gcc,libc6-dev,make
-debian_image python python3-minimal
+debian_image python python3
 if [ ! -d "$out/text-tools" ]; then
     mkdir -p "$work/text-tools"
     cp -a "$repo/examples/skills/text-tools/." "$work/text-tools/"

@@ -69,6 +69,18 @@ pub enum ImageCommand {
     Prune,
 }
 
+/// Prints a line to stdout; a closed pipe (`voidbox image inspect x | head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        match writeln!(out, $($arg)*) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other?,
+        }
+    }};
+}
+
 /// Runs an image subcommand against the store at $VOIDBOX_HOME.
 pub fn run(cmd: ImageCommand) -> Result<()> {
     let store = Store::open_default().context("opening the image store")?;
@@ -81,16 +93,19 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             if let Some(old) = &image.moved_from {
                 eprintln!(
                     "note: {} moved from {old} to {}",
-                    image.reference, image.manifest
+                    image.reference,
+                    image.manifest
                 );
             }
-            println!("{} {}", image.reference, image.manifest);
-            println!("disk: {}", image.disk.display());
+            say!("{} {}", image.reference, image.manifest);
+            say!("disk: {}", image.disk.display());
         }
         ImageCommand::Ls => {
-            println!(
+            say!(
                 "{:<60} {:<20} {:>12}  DISK",
-                "REFERENCE", "MANIFEST", "SIZE"
+                "REFERENCE",
+                "MANIFEST",
+                "SIZE"
             );
             for record in store.list_refs()? {
                 let size: u64 = store
@@ -104,7 +119,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 } else {
                     "no"
                 };
-                println!(
+                say!(
                     "{:<60} {:<20} {:>12}  {disk}",
                     record.reference,
                     &record.manifest.to_string()[..19],
@@ -132,7 +147,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 "manifest": manifest,
                 "config": config,
             });
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            say!("{}", serde_json::to_string_pretty(&out)?);
         }
         ImageCommand::Rm { references } => {
             for reference in references {
@@ -140,14 +155,16 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 if !store.remove_image(&name)? {
                     bail!("{name} is not in the store (see `voidbox image ls`)");
                 }
-                println!("removed {name}");
+                say!("removed {name}");
             }
         }
         ImageCommand::Prune => {
             let report = store.prune()?;
-            println!(
+            say!(
                 "removed {} blobs and {} disks, freed {} bytes",
-                report.blobs_removed, report.disks_removed, report.bytes_freed
+                report.blobs_removed,
+                report.disks_removed,
+                report.bytes_freed
             );
         }
     }

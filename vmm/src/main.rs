@@ -117,7 +117,12 @@ fn main() -> ExitCode {
             outcome.exit_code()
         }
         Err(e) => {
-            eprintln!("voidbox-vmm: error: {e:#}");
+            // Library errors already name their cause; other errors carry
+            // context layers worth printing in full.
+            match e.downcast_ref::<voidbox_vmm::Error>() {
+                Some(vmm) => eprintln!("voidbox-vmm: error: {vmm}"),
+                None => eprintln!("voidbox-vmm: error: {e:#}"),
+            }
             exit_code::VMM_ERROR
         }
     };

@@ -50,6 +50,19 @@ impl FileLock {
     }
 }
 
+impl FileLock {
+    /// Locks the directory `dir` exclusively if nobody holds it; `None` otherwise.
+    pub fn try_exclusive_dir(dir: &Path) -> Result<Option<Self>> {
+        let file = File::open(dir).at(dir)?;
+        match FileExt::try_lock_exclusive(&file) {
+            Ok(true) => Ok(Some(FileLock { file })),
+            Ok(false) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(crate::error::OciError::io(dir, e)),
+        }
+    }
+}
+
 impl Drop for FileLock {
     fn drop(&mut self) {
         let _ = FileExt::unlock(&self.file);

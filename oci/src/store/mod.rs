@@ -4,7 +4,7 @@
 //! - `blobs/sha256/<hex>`: verified blobs (manifests, configs, layers);
 //! - `refs/<escaped name>.json`: ref → manifest digest records ([`RefRecord`]);
 //! - `disks/<manifest hex>-b<builder version>.ext4`: derived rootfs/skill disks;
-//! - `tmp/<session>/`: this process's temp files, guarded by `tmp/<session>.lock`;
+//! - `tmp/<session>/`: one process's temp files; the process holds a lock on the directory;
 //! - `store.lock`: shared by pulls, exclusive for `prune`/`rm`; `locks/<hex>.lock`: one disk build at a time.
 //!
 //! Everything is written to a temp file in the session directory, verified, fsynced and
@@ -40,16 +40,20 @@ pub struct Store {
 #[derive(Debug)]
 struct Session {
     dir: PathBuf,
-    lock_path: PathBuf,
+    /// flock on the directory itself: held while the process lives.
     _lock: FileLock,
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
-        let _ = std::fs::remove_file(&self.lock_path);
     }
 }
+
+/// Prefix of session directories still being set up (not yet locked and published).
+const SESSION_INIT_PREFIX: &str = ".init-";
+/// Unpublished session directories older than this are debris of a crash during setup.
+const SESSION_INIT_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 static SESSION_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -201,17 +205,22 @@ impl Store {
             SESSION_COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         let tmp = self.root.join("tmp");
-        let lock_path = tmp.join(format!("{name}.lock"));
-        // Lock first, then create the directory: a cleaner that locks the name sees no
-        // directory yet or sees it locked.
-        let lock = FileLock::exclusive(&lock_path)?;
-        let dir = tmp.join(&name);
-        std::fs::create_dir(&dir).at(&dir)?;
-        let session = Session {
-            dir,
-            lock_path,
-            _lock: lock,
+        // Create and lock under a hidden name, then publish by rename: a cleaner never
+        // sees a published directory that is not locked by its live owner.
+        let init = tmp.join(format!("{SESSION_INIT_PREFIX}{name}"));
+        std::fs::create_dir(&init).at(&init)?;
+        let lock = match FileLock::try_exclusive_dir(&init)? {
+            Some(lock) => lock,
+            None => {
+                return Err(OciError::io(
+                    &init,
+                    std::io::Error::other("fresh session directory is locked by someone else"),
+                ))
+            }
         };
+        let dir = tmp.join(&name);
+        std::fs::rename(&init, &dir).at(&dir)?;
+        let session = Session { dir, _lock: lock };
         let _ = self.session.set(session);
         Ok(&self.session.get().expect("session just set").dir)
     }
@@ -221,28 +230,83 @@ impl Store {
         let tmp = self.root.join("tmp");
         for entry in std::fs::read_dir(&tmp).at(&tmp)? {
             let entry = entry.at(&tmp)?;
+            let path = entry.path();
             let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(session) = name.strip_suffix(".lock") else {
-                // A directory without its lock file: its owner died between the two
-                // removals in Session::drop, or is being created right now (lock exists
-                // first), so only remove it when no lock file exists.
-                let path = entry.path();
-                if !tmp.join(format!("{name}.lock")).exists() && path.is_dir() {
+            let name = name.to_string_lossy();
+            if name.starts_with(SESSION_INIT_PREFIX) {
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > SESSION_INIT_MAX_AGE);
+                if stale {
                     let _ = std::fs::remove_dir_all(&path);
                 }
                 continue;
-            };
-            let lock_path = entry.path();
-            if let Some(_held) = FileLock::try_exclusive(&lock_path)? {
-                let dir = tmp.join(session);
-                if dir.exists() {
-                    tracing::info!(dir = %dir.display(), "removing temp files of a dead voidbox process");
-                    std::fs::remove_dir_all(&dir).at(&dir)?;
+            }
+            if !path.is_dir() {
+                // Not ours (older layouts kept lock files here).
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            match FileLock::try_exclusive_dir(&path) {
+                Ok(Some(_held)) => {
+                    tracing::info!(dir = %path.display(), "removing temp files of a dead voidbox process");
+                    std::fs::remove_dir_all(&path).at(&path)?;
                 }
-                let _ = std::fs::remove_file(&lock_path);
+                Ok(None) => {}
+                // Removed by its owner or another cleaner meanwhile.
+                Err(OciError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> usize {
+        std::fs::read_dir(dir).unwrap().count()
+    }
+
+    #[test]
+    fn sessions_survive_other_openers_and_vanish_when_dropped() {
+        let root = tempfile::tempdir().unwrap();
+        let a = Store::open(root.path()).unwrap();
+        let _temp = a.temp_file().unwrap();
+        let tmp = root.path().join("tmp");
+        assert_eq!(entries(&tmp), 1);
+        // Another opener (cleaner) must leave a live session alone.
+        let b = Store::open(root.path()).unwrap();
+        assert_eq!(entries(&tmp), 1);
+        assert!(a.temp_file().is_ok());
+        drop(_temp);
+        drop(a);
+        assert_eq!(entries(&tmp), 0);
+        // A dead session (directory nobody locks) is removed by the next opener.
+        std::fs::create_dir(tmp.join("123-dead")).unwrap();
+        std::fs::write(tmp.join("123-dead/partial"), b"half").unwrap();
+        drop(b);
+        let _c = Store::open(root.path()).unwrap();
+        assert_eq!(entries(&tmp), 0);
+    }
+
+    #[test]
+    fn blobs_are_verified_on_the_way_in_and_out() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let wrong = Digest::of(b"other");
+        assert!(store.put_blob_bytes(b"data", Some(&wrong)).is_err());
+        assert!(!store.has_blob(&wrong));
+        let d = store.put_blob_bytes(b"data", None).unwrap();
+        assert_eq!(store.read_blob(&d).unwrap(), b"data");
+        std::fs::write(store.blob_path(&d), b"evil").unwrap();
+        assert!(store.read_blob(&d).is_err());
+        assert_eq!(store.check().unwrap().len(), 1);
     }
 }

@@ -22,9 +22,12 @@ fuzz_target!(|data: &[u8]| {
     let mut bus = Bus::new();
     let serial: SharedDevice = Arc::new(Mutex::new(SerialConsole::new(irq, writer)));
     bus.insert(0x3f8, 8, serial).unwrap();
-    bus.insert(0x60, 5, Arc::new(Mutex::new(I8042::new(tx.clone())))).unwrap();
-    bus.insert(0x505, 1, Arc::new(Mutex::new(PvPanic::new(tx.clone())))).unwrap();
-    bus.insert(0x600, 2, Arc::new(Mutex::new(AcpiPm::new(tx)))).unwrap();
+    bus.insert(0x60, 5, Arc::new(Mutex::new(I8042::new(tx.clone()))))
+        .unwrap();
+    bus.insert(0x505, 1, Arc::new(Mutex::new(PvPanic::new(tx.clone()))))
+        .unwrap();
+    bus.insert(0x600, 2, Arc::new(Mutex::new(AcpiPm::new(tx))))
+        .unwrap();
     // Each op: kind (bit 0 = write, bits 1-2 = width 1/2/4/8), port (le16), value byte.
     for op in data.chunks_exact(4) {
         let width = [1usize, 2, 4, 8][usize::from((op[0] >> 1) & 3)];
