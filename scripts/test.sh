@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# The test command of the README: formatting, lints, the static guest agent,
-# then every test of the workspace (unit, host integration with a real local
-# registry and real ext4, host KVM, and the nested-lane end-to-end tests).
+# The test command of the README: formatting, lints, then every test of the
+# workspace: unit tests, host integration (a real local registry, real ext4
+# checked by e2fsck, the agent as PID 1 in a namespace), small payloads on the
+# host's KVM, and the end-to-end tests that boot the stock Debian kernel with
+# voidbox-vmm, directly on hardware KVM or through the nested lane.
 # Run scripts/setup.sh once first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n==> %s\n' "$*"; }
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
-step "build: the static guest agent (musl) and the release VMM"
-cargo build --profile agent --target x86_64-unknown-linux-musl -p voidbox-guest-agent
+step "build: release VMM and CLI, static (musl) guest agent and test probe"
 cargo build --release -p voidbox-vmm -p voidbox
+cargo build --profile agent --target x86_64-unknown-linux-musl -p voidbox-guest-agent
+cargo build --release --target x86_64-unknown-linux-musl -p voidbox-guest-probe
+export VOIDBOX_VMM_BIN=$TARGET/release/voidbox-vmm
+export VOIDBOX_PROBE_BIN=$TARGET/x86_64-unknown-linux-musl/release/voidbox-guest-probe
+export VOIDBOX_AGENT_MUSL_BIN=$TARGET/x86_64-unknown-linux-musl/agent/voidbox-guest-agent
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings

@@ -9,6 +9,10 @@ fuzz_target!(|data: &[u8]| {
     let dest = outer.path().join("out");
     let _ = voidbox::runtime::files::unpack_into(data, &dest, "fuzz");
     for entry in std::fs::read_dir(outer.path()).unwrap().flatten() {
-        assert_eq!(entry.file_name(), "out", "something was written outside the destination");
+        assert_eq!(
+            entry.file_name(),
+            "out",
+            "something was written outside the destination"
+        );
     }
 });

@@ -257,3 +257,27 @@ fn half_closed_streams_still_finish() {
     assert_eq!(r.recv_msg(), Message::Done);
     let _ = Channel::Stdin;
 }
+
+#[test]
+fn a_silent_peer_is_dropped_at_the_handshake_timeout() {
+    use std::sync::Arc;
+    use voidbox_guest_agent::service::{Service, ServiceConfig};
+    let secret = Secret::generate();
+    let mut config = ServiceConfig::from_boot_data(
+        &BootData::new(&secret),
+        std::env::temp_dir(),
+        Arc::new(|| {}),
+    )
+    .unwrap();
+    config.handshake_timeout = Duration::from_millis(200);
+    let service = Service::new(config);
+    let (a, b) = UnixStream::pair().unwrap();
+    let t = Instant::now();
+    let server = std::thread::spawn(move || service.serve(Box::new(a)));
+    let mut r = Raw::new(b);
+    r.hello();
+    // Say nothing: the service gives up and closes.
+    assert!(r.expect_closed().unwrap().contains("reading auth frame"));
+    assert!(server.join().unwrap().is_err());
+    assert!(t.elapsed() < Duration::from_secs(5));
+}

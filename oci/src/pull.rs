@@ -80,11 +80,15 @@ fn load_config(store: &Store, manifest: &Digest) -> Result<ImageConfiguration> {
     parse_config(&store.read_blob(&config)?, &format!("config {config}"))
 }
 
-/// Looks `source` up in the store only: its ref record (or pinned digest), manifest,
-/// config and disk must all be there. `Ok(None)` if anything is missing.
-pub fn resolve_cached(store: &Store, source: &ImageSource) -> Result<Option<PulledImage>> {
+/// Looks `source` up in the store only: its ref record for `platform`, manifest, config
+/// and disk must all be there. `Ok(None)` if anything is missing.
+pub fn resolve_cached(
+    store: &Store,
+    source: &ImageSource,
+    platform: &Platform,
+) -> Result<Option<PulledImage>> {
     let name = source.canonical_name();
-    let (manifest, index) = match store.read_ref(&name)? {
+    let (manifest, index) = match store.read_ref_for(&name, &platform.to_string())? {
         Some(record) => (record.manifest, record.index),
         None => return Ok(None),
     };
@@ -113,12 +117,12 @@ pub async fn pull(
     let _shared = store.lock_shared()?;
     let name = source.canonical_name();
     if options.policy != PullPolicy::Always {
-        if let Some(image) = resolve_cached(store, source)? {
+        if let Some(image) = resolve_cached(store, source, &options.platform)? {
             return Ok(image);
         }
     }
     let resolved = if options.policy == PullPolicy::Never {
-        resolve_offline(store, source, &name)?
+        resolve_offline(store, source, &name, &options.platform)?
     } else {
         match source {
             ImageSource::Registry(reference) => {
@@ -167,8 +171,13 @@ pub fn pull_blocking(
 }
 
 /// Offline: the ref record, or a pinned digest whose blobs are all in the store.
-fn resolve_offline(store: &Store, source: &ImageSource, name: &str) -> Result<Resolved> {
-    if let Some(record) = store.read_ref(name)? {
+fn resolve_offline(
+    store: &Store,
+    source: &ImageSource,
+    name: &str,
+    platform: &Platform,
+) -> Result<Resolved> {
+    if let Some(record) = store.read_ref_for(name, &platform.to_string())? {
         return Ok(Resolved {
             manifest: record.manifest,
             index: record.index,

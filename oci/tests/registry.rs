@@ -102,11 +102,13 @@ fn pull_repull_offline_and_moved_tag() {
         "{missing}"
     );
     let warm = std::time::Instant::now();
-    assert!(
-        voidbox_oci::resolve_cached(&store, &ImageSource::parse(&reference).unwrap())
-            .unwrap()
-            .is_some()
-    );
+    assert!(voidbox_oci::resolve_cached(
+        &store,
+        &ImageSource::parse(&reference).unwrap(),
+        &Platform::default(),
+    )
+    .unwrap()
+    .is_some());
     eprintln!("warm resolution: {:?}", warm.elapsed());
 
     // The tag moves in a new registry: noticed and reported.
@@ -227,6 +229,94 @@ fn basic_auth() {
     .unwrap();
     assert_eq!(image.manifest, manifest);
     check_rich_disk(&image.disk, "auth");
+
+    // Credentials found without being passed: docker config.json, then the environment
+    // (in child processes, so the environment of this test binary stays untouched).
+    let docker = tempfile::tempdir().unwrap();
+    let token = base64_encode(b"alice:s3cret");
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{token}"}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .unwrap();
+    let empty_docker = tempfile::tempdir().unwrap();
+    let cases: [(&str, Vec<(&str, String)>); 3] = [
+        (
+            "docker config.json",
+            vec![("DOCKER_CONFIG", docker.path().display().to_string())],
+        ),
+        (
+            "VOIDBOX_REGISTRY_USERNAME/PASSWORD",
+            vec![
+                ("DOCKER_CONFIG", empty_docker.path().display().to_string()),
+                ("VOIDBOX_REGISTRY_USERNAME", "alice".into()),
+                ("VOIDBOX_REGISTRY_PASSWORD", "s3cret".into()),
+            ],
+        ),
+        (
+            "no credentials",
+            vec![("DOCKER_CONFIG", empty_docker.path().display().to_string())],
+        ),
+    ];
+    for (i, (what, env)) in cases.iter().enumerate() {
+        let home = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "credentials_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(
+                CREDENTIALS_ENV,
+                format!("{}|{reference}", home.path().display()),
+            )
+            .env_remove("VOIDBOX_REGISTRY_USERNAME")
+            .env_remove("VOIDBOX_REGISTRY_PASSWORD")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.success(), i < 2, "pull with {what}: {status}");
+    }
+}
+
+const CREDENTIALS_ENV: &str = "VOIDBOX_TEST_CREDENTIALS";
+
+/// Pulls with credentials looked up from the environment (run by [`basic_auth`]).
+#[test]
+fn credentials_child() {
+    let Ok(spec) = std::env::var(CREDENTIALS_ENV) else {
+        return;
+    };
+    let (home, reference) = spec.split_once('|').unwrap();
+    let store = Store::open(home).unwrap();
+    pull(&store, reference, &PullOptions::default()).unwrap();
+}
+
+fn base64_encode(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -273,6 +363,23 @@ fn multi_arch_index_selects_platform() {
     )
     .unwrap();
     assert_eq!(arm.manifest, arm64.0);
+    assert!(
+        arm.moved_from.is_none(),
+        "another platform is not a moved tag"
+    );
+    // Each platform has its own record: offline resolution gives the right one.
+    for (platform, expected) in [("linux/amd64", &amd64.0), ("linux/arm64", &arm64.0)] {
+        let offline = PullOptions {
+            platform: Platform::parse(platform).unwrap(),
+            policy: PullPolicy::Never,
+            ..Default::default()
+        };
+        assert_eq!(
+            &pull(&store, &reference, &offline).unwrap().manifest,
+            expected
+        );
+    }
+    assert_eq!(store.list_refs().unwrap().len(), 2);
     assert_eq!(ext4_cat(&arm.disk, "/arch"), b"arm64");
     let err = pull(
         &store,

@@ -90,6 +90,14 @@ workflow:
     )
     .unwrap();
     assert_eq!(rel.sandbox.image.as_deref(), Some("oci:/base/images/gcc:1"));
+    let up = parse_str(
+        "api_version: v1\nkind: sandbox\nname: s\nsandbox: {image: 'oci:../x/./img:1', inputs: [{host: ../in, guest: /in}]}\n",
+        "t",
+        Path::new("/base/examples"),
+    )
+    .unwrap();
+    assert_eq!(up.sandbox.image.as_deref(), Some("oci:/base/x/img:1"));
+    assert_eq!(up.sandbox.inputs[0].host, Path::new("/base/in"));
     let steps = &spec.workflow.unwrap().steps;
     assert_eq!(steps[0].argv(), ["make", "-j", "2", "all"]);
     assert_eq!(steps[0].timeout_secs, Some(60));

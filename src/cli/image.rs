@@ -58,6 +58,9 @@ pub enum ImageCommand {
     Inspect {
         /// The image reference.
         reference: String,
+        /// Which platform's record to show.
+        #[arg(long, default_value = "linux/amd64")]
+        platform: String,
     },
     /// Remove an image (its record, and its disk and blobs unless other images use them).
     Rm {
@@ -93,8 +96,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
             if let Some(old) = &image.moved_from {
                 eprintln!(
                     "note: {} moved from {old} to {}",
-                    image.reference,
-                    image.manifest
+                    image.reference, image.manifest
                 );
             }
             say!("{} {}", image.reference, image.manifest);
@@ -102,8 +104,9 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Ls => {
             say!(
-                "{:<60} {:<20} {:>12}  DISK",
+                "{:<60} {:<14} {:<20} {:>12}  DISK",
                 "REFERENCE",
+                "PLATFORM",
                 "MANIFEST",
                 "SIZE"
             );
@@ -120,17 +123,24 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                     "no"
                 };
                 say!(
-                    "{:<60} {:<20} {:>12}  {disk}",
+                    "{:<60} {:<14} {:<20} {:>12}  {disk}",
                     record.reference,
+                    record.platform,
                     &record.manifest.to_string()[..19],
                     size
                 );
             }
         }
-        ImageCommand::Inspect { reference } => {
+        ImageCommand::Inspect {
+            reference,
+            platform,
+        } => {
             let name = ImageSource::parse(&reference)?.canonical_name();
-            let Some(record) = store.read_ref(&name)? else {
-                bail!("{name} is not in the store; run `voidbox image pull {reference}`");
+            let platform = Platform::parse(&platform)?.to_string();
+            let Some(record) = store.read_ref_for(&name, &platform)? else {
+                bail!(
+                    "{name} ({platform}) is not in the store; run `voidbox image pull --platform {platform} {reference}`"
+                );
             };
             let manifest: serde_json::Value =
                 serde_json::from_slice(&store.read_blob(&record.manifest)?)?;

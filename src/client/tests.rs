@@ -238,11 +238,16 @@ fn slow_reader_gets_every_byte_of_1gib_with_bounded_buffers() {
         .unwrap();
     let mut total = 0u64;
     let mut chunks = 0u64;
+    let base_rss = rss_kib();
+    let mut max_rss = base_rss;
     let st = h
         .wait_with(
             |d| {
                 total += d.len() as u64;
                 chunks += 1;
+                if chunks.is_multiple_of(256) {
+                    max_rss = max_rss.max(rss_kib());
+                }
                 // Slow at first: the guest must wait, not drop or buffer without bound.
                 if chunks < 100 {
                     std::thread::sleep(Duration::from_millis(5));
@@ -254,6 +259,17 @@ fn slow_reader_gets_every_byte_of_1gib_with_bounded_buffers() {
         .unwrap();
     assert_eq!(st.code, Some(0));
     assert_eq!(total, 1 << 30);
+    // Service and client share this process: both sides stay within their windows.
+    assert!(
+        max_rss - base_rss < 64 * 1024,
+        "RSS grew from {base_rss} to {max_rss} KiB"
+    );
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 #[test]

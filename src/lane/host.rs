@@ -6,12 +6,13 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use voidbox_guest_image::kernel::{FetchOptions, KernelStore};
 
+use super::command::{Event, LaneProcess, Route, Stream};
 use super::config::LaneConfig;
 use super::error::LaneError;
 use super::process::Output;
@@ -19,32 +20,34 @@ use super::protocol::{self, CommandSpec, ExitInfo, ReadyInfo};
 use super::relay::RELAY_PORT_PREFIX;
 use super::server::CONTROL_PORT;
 
-/// Output kept per stream of one command; more is dropped (with a note in the stream).
-const MAX_CAPTURE: usize = 32 << 20;
-
-enum Event {
-    Stdout(Vec<u8>),
-    Stderr(Vec<u8>),
-    Exit(ExitInfo),
-    Failed(String),
-    Closed,
-}
-
-struct Shared {
+/// State shared by the lane, its reader thread and every [`LaneProcess`].
+pub(super) struct Shared {
     writer: Mutex<UnixStream>,
-    routes: Mutex<HashMap<u32, Sender<Event>>>,
-    closed: AtomicBool,
+    pub(super) routes: Mutex<HashMap<u32, Route>>,
+    pub(super) closed: AtomicBool,
     next_id: AtomicU32,
     console: PathBuf,
 }
 
 impl Shared {
-    fn send(&self, kind: u8, id: u32, payload: &[u8]) -> Result<(), LaneError> {
+    pub(super) fn send(&self, kind: u8, id: u32, payload: &[u8]) -> Result<(), LaneError> {
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         protocol::write_frame(&mut *w, kind, id, payload).map_err(|_| self.closed_error())
     }
 
-    fn closed_error(&self) -> LaneError {
+    /// A lane-less `Shared` over `writer`, for unit tests of [`LaneProcess`].
+    #[cfg(test)]
+    pub(super) fn for_test(writer: UnixStream) -> Shared {
+        Shared {
+            writer: Mutex::new(writer),
+            routes: Mutex::default(),
+            closed: AtomicBool::new(false),
+            next_id: AtomicU32::new(1),
+            console: PathBuf::from("/nonexistent/console.log"),
+        }
+    }
+
+    pub(super) fn closed_error(&self) -> LaneError {
         LaneError::Closed {
             log: self.console.clone(),
             tail: tail_lines(&self.console, 30),
@@ -272,7 +275,7 @@ impl Lane {
             next_id: AtomicU32::new(1),
             console: console.clone(),
         });
-        let (ready_tx, ready_rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         {
             let shared = shared.clone();
             std::thread::spawn(move || read_loop(reader, shared, ready_tx));
@@ -347,12 +350,12 @@ impl Lane {
             return Err(self.shared.closed_error());
         }
         let id = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
-        let (tx, rx) = mpsc::channel();
+        let (route, rx, budget) = Route::new();
         self.shared
             .routes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+            .insert(id, route);
         let payload = serde_json::to_vec(spec).expect("spec serializes");
         if let Err(e) = self.shared.send(protocol::SPAWN, id, &payload) {
             self.shared
@@ -362,15 +365,13 @@ impl Lane {
                 .remove(&id);
             return Err(e);
         }
-        Ok(LaneProcess {
+        Ok(LaneProcess::new(
             id,
-            argv0: spec.argv.first().cloned().unwrap_or_default(),
+            spec.argv.first().cloned().unwrap_or_default(),
             rx,
-            shared: self.shared.clone(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            status: None,
-        })
+            budget,
+            self.shared.clone(),
+        ))
     }
 
     /// Runs a command inside L2 to completion (killed after `timeout`).
@@ -410,16 +411,17 @@ fn relay_path(work: &Path, n: u32) -> PathBuf {
     work.join(format!("relay{n}.sock"))
 }
 
-fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: Sender<ReadyInfo>) {
+fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: SyncSender<ReadyInfo>) {
     while let Ok(Some(frame)) = protocol::read_frame(&mut reader) {
         if frame.kind == protocol::READY {
             let info = serde_json::from_slice(&frame.payload).unwrap_or_default();
-            let _ = ready.send(info);
+            // Only the first one matters; never queue more.
+            let _ = ready.try_send(info);
             continue;
         }
         let event = match frame.kind {
-            protocol::STDOUT => Event::Stdout(frame.payload),
-            protocol::STDERR => Event::Stderr(frame.payload),
+            protocol::STDOUT => Event::Output(Stream::Stdout, frame.payload),
+            protocol::STDERR => Event::Output(Stream::Stderr, frame.payload),
             protocol::EXIT => {
                 Event::Exit(serde_json::from_slice(&frame.payload).unwrap_or_default())
             }
@@ -433,21 +435,21 @@ fn read_loop(mut reader: UnixStream, shared: Arc<Shared>, ready: Sender<ReadyInf
         };
         let last = matches!(event, Event::Exit(_) | Event::Failed(_));
         let mut routes = shared.routes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = routes.get(&frame.id) {
-            let _ = tx.send(event);
+        if let Some(route) = routes.get(&frame.id) {
+            route.deliver(event);
         }
         if last {
             routes.remove(&frame.id);
         }
     }
     shared.closed.store(true, Ordering::SeqCst);
-    for (_, tx) in shared
+    for (_, route) in shared
         .routes
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .drain()
     {
-        let _ = tx.send(Event::Closed);
+        route.deliver(Event::Closed);
     }
 }
 
@@ -471,27 +473,6 @@ impl Drop for Lane {
     }
 }
 
-/// A command running inside L2. Dropping it before it ends kills its process group.
-pub struct LaneProcess {
-    id: u32,
-    argv0: String,
-    rx: Receiver<Event>,
-    shared: Arc<Shared>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    status: Option<ExitInfo>,
-}
-
-impl std::fmt::Debug for LaneProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaneProcess")
-            .field("id", &self.id)
-            .field("argv0", &self.argv0)
-            .field("status", &self.status)
-            .finish_non_exhaustive()
-    }
-}
-
 impl std::fmt::Debug for Lane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lane")
@@ -501,119 +482,5 @@ impl std::fmt::Debug for Lane {
             )
             .field("info", &self.info)
             .finish_non_exhaustive()
-    }
-}
-
-fn capture(buf: &mut Vec<u8>, data: &[u8]) {
-    if buf.len() + data.len() <= MAX_CAPTURE {
-        buf.extend_from_slice(data);
-    }
-}
-
-impl LaneProcess {
-    /// Handles one event; `Ok(false)` when none arrived within `timeout`.
-    fn pump(&mut self, timeout: Duration) -> Result<bool, LaneError> {
-        let ev = match self.rx.recv_timeout(timeout) {
-            Ok(ev) => ev,
-            Err(RecvTimeoutError::Timeout) => return Ok(false),
-            Err(RecvTimeoutError::Disconnected) => Event::Closed,
-        };
-        match ev {
-            Event::Stdout(d) => capture(&mut self.stdout, &d),
-            Event::Stderr(d) => capture(&mut self.stderr, &d),
-            Event::Exit(st) => self.status = Some(st),
-            Event::Failed(msg) => {
-                return Err(LaneError::SpawnFailed {
-                    argv0: self.argv0.clone(),
-                    msg,
-                })
-            }
-            Event::Closed => return Err(self.shared.closed_error()),
-        }
-        Ok(true)
-    }
-
-    /// Waits for the end (killing the command after `timeout`) and returns its output.
-    pub fn wait(mut self, timeout: Duration) -> Result<Output, LaneError> {
-        let deadline = Instant::now() + timeout;
-        while self.status.is_none() {
-            let now = Instant::now();
-            if now >= deadline {
-                self.kill();
-                // Give the kill a moment to land so stderr is complete.
-                let grace = Instant::now() + Duration::from_secs(5);
-                while self.status.is_none() && Instant::now() < grace {
-                    let _ = self.pump(Duration::from_millis(200));
-                }
-                return Err(LaneError::Timeout {
-                    argv0: self.argv0.clone(),
-                    secs: timeout.as_secs(),
-                    stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
-                });
-            }
-            self.pump(deadline - now)?;
-        }
-        Ok(Output {
-            status: self.status.expect("checked"),
-            stdout: std::mem::take(&mut self.stdout),
-            stderr: std::mem::take(&mut self.stderr),
-        })
-    }
-
-    /// Collects output until stdout contains `needle` (true), the command ends (false), or
-    /// `timeout` passes (false).
-    pub fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> Result<bool, LaneError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if String::from_utf8_lossy(&self.stdout).contains(needle) {
-                return Ok(true);
-            }
-            let now = Instant::now();
-            if self.status.is_some() || now >= deadline {
-                return Ok(false);
-            }
-            self.pump(deadline - now)?;
-        }
-    }
-
-    /// Non-blocking: the exit status if the command has ended.
-    pub fn try_wait(&mut self) -> Result<Option<ExitInfo>, LaneError> {
-        while self.status.is_none() && self.pump(Duration::ZERO)? {}
-        Ok(self.status)
-    }
-
-    /// Output collected so far.
-    pub fn stdout_so_far(&self) -> &[u8] {
-        &self.stdout
-    }
-
-    /// Stderr collected so far.
-    pub fn stderr_so_far(&self) -> &[u8] {
-        &self.stderr
-    }
-
-    /// Sends `sig` to the command's process group.
-    pub fn signal(&self, sig: i32) {
-        let _ = self
-            .shared
-            .send(protocol::SIGNAL, self.id, &sig.to_le_bytes());
-    }
-
-    /// Kills the command's process group (SIGKILL).
-    pub fn kill(&self) {
-        self.signal(libc::SIGKILL);
-    }
-}
-
-impl Drop for LaneProcess {
-    fn drop(&mut self) {
-        if self.status.is_none() && !self.shared.closed.load(Ordering::SeqCst) {
-            self.kill();
-        }
-        self.shared
-            .routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.id);
     }
 }

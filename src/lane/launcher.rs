@@ -7,9 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::command::LaneProcess;
 use super::config::LaneConfig;
 use super::error::LaneError;
-use super::host::{Lane, LaneProcess};
+use super::host::Lane;
 use super::process::Output;
 use super::protocol::{CommandSpec, ExitInfo};
 

@@ -16,6 +16,7 @@
 //! The L2 side lives in [`l2_main`]; the host binary named in [`LaneConfig::l2_program`] must
 //! call it with the arguments after its own prefix.
 
+mod command;
 mod config;
 mod error;
 mod host;
@@ -30,9 +31,10 @@ mod vport;
 use std::path::Path;
 use std::time::Duration;
 
+pub use command::{LaneProcess, MAX_CAPTURE, MAX_QUEUED};
 pub use config::LaneConfig;
 pub use error::LaneError;
-pub use host::{tail_lines, Lane, LaneProcess};
+pub use host::{tail_lines, Lane};
 pub use launcher::{detect_host_kvm, HostKvm, Launcher, LocalProcess, Process};
 pub use process::Output;
 pub use protocol::{CommandSpec, ExitInfo};

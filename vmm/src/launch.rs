@@ -112,6 +112,11 @@ fn check_vsock_path(path: &Path) -> Result<(), Error> {
 pub fn preflight(config: &VmConfig) -> Result<(), Error> {
     config.validate()?;
     host::check_memory(config.mem_mib)?;
+    // Fail on an unreadable kernel before touching KVM: that error is the one to fix first.
+    std::fs::File::open(&config.kernel).map_err(|source| BootError::KernelRead {
+        path: config.kernel.clone(),
+        source,
+    })?;
     for d in &config.disks {
         if !d.path.exists() {
             return Err(Error::DiskMissing(d.path.clone()));
@@ -270,6 +275,12 @@ mod tests {
     fn preflight_errors() {
         let dir = tempfile::tempdir().unwrap();
         let mut c = VmConfig::new(dir.path().join("k"));
+        let e = preflight(&c).unwrap_err();
+        assert!(
+            matches!(e, Error::Boot(BootError::KernelRead { .. })),
+            "{e}"
+        );
+        std::fs::write(dir.path().join("k"), b"not read here").unwrap();
         c.disks.push(crate::DiskConfig {
             path: dir.path().join("missing.img"),
             read_only: false,

@@ -286,3 +286,117 @@ fn console_panic_exits_3_and_shows_last_lines() {
     assert!(err.contains("before the panic"), "{err}");
     assert!(err.contains("Kernel panic - not syncing: payload"), "{err}");
 }
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and touches no memory.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Runs the VMM as uid/gid 65534 without supplementary groups.
+fn vmm_as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .args(args)
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+/// A directory uid 65534 can enter, holding a payload kernel with file mode `mode`.
+fn kernel_for_nobody(mode: u32) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let k = elf_payload(dir.path(), "k.elf", &[0xf4]);
+    std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
+    (dir, k)
+}
+
+#[test]
+fn kvm_missing_or_denied_and_unreadable_kernel_say_how_to_fix() {
+    if !is_root() {
+        eprintln!(
+            "skipped: needs root to hide /dev/kvm (mount namespace) and to drop to uid 65534"
+        );
+        return;
+    }
+    let (_dir, k) = kernel_for_nobody(0o644);
+    // /dev/kvm missing: a private mount namespace with an empty /dev.
+    let o = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount -t tmpfs none /dev && exec \"$0\" --kernel \"$1\" --serial off")
+        .args([env!("CARGO_BIN_EXE_voidbox-vmm"), k.to_str().unwrap()])
+        .output()
+        .expect("run unshare (util-linux)");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
+    assert!(err.contains("/dev/kvm does not exist"), "{err}");
+    assert!(err.contains("modprobe"), "{err}");
+    // /dev/kvm not permitted: an unprivileged uid outside the kvm group.
+    let kvm_mode = std::fs::metadata("/dev/kvm").map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode()
+    });
+    if kvm_mode.is_ok_and(|m| m & 0o006 == 0) {
+        let o = vmm_as_nobody(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
+        assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
+        assert!(err.contains("kvm group"), "{err}");
+    } else {
+        eprintln!("/dev/kvm is open to everyone here: the permission case cannot be produced");
+    }
+    // An unreadable kernel is reported before KVM is touched.
+    let (_dir, k) = kernel_for_nobody(0o600);
+    let o = vmm_as_nobody(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
+    assert!(err.contains("cannot read kernel"), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(err.contains("permissions"), "{err}");
+}
+
+#[test]
+fn kernel_directory_and_vsock_in_use_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = vmm(&["--kernel", d.to_str().unwrap(), "--serial", "off"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
+    assert!(err.contains("is not a Linux kernel"), "{err}");
+    let k = elf_payload(d, "k.elf", &[0xf4]);
+    let sock = d.join("v.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let o = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--vsock-uds",
+        sock.to_str().unwrap(),
+        "--serial",
+        "off",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
+    assert!(err.contains("is in use by another process"), "{err}");
+}
+
+#[test]
+fn pvm_host_gets_the_guest_kernel_warning() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let pvm = Path::new("/sys/module/kvm_pvm").exists() && !hw;
+    let dir = tempfile::tempdir().unwrap();
+    let code = [SERIAL_DX.as_slice(), NEWLINE_AND_RESET.as_slice()].concat();
+    let k = elf_payload(dir.path(), "reset.elf", &code);
+    let o = vmm(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::GUEST_STOPPED), "{err}");
+    assert_eq!(
+        err.contains("a PVM-enabled guest kernel is required"),
+        pvm,
+        "PVM host: {pvm}; stderr: {err}"
+    );
+}

@@ -62,23 +62,29 @@ impl Store {
     /// Returns `false` if the reference was unknown.
     pub fn remove_image(&self, reference: &str) -> Result<bool> {
         let _lock = self.lock_exclusive()?;
-        let Some(record) = self.read_ref(reference)? else {
+        let removed: Vec<RefRecord> = self
+            .list_refs()?
+            .into_iter()
+            .filter(|r| r.reference == reference)
+            .collect();
+        if !self.remove_ref(reference)? {
             return Ok(false);
-        };
-        self.remove_ref(reference)?;
+        }
         let others = self.list_refs()?;
         let still_live: BTreeSet<Digest> = others.iter().flat_map(|r| self.blobs_of(r)).collect();
-        if !others.iter().any(|r| r.manifest == record.manifest) {
-            let disk = self.disk_path(&record.manifest);
-            if disk.exists() {
-                std::fs::remove_file(&disk).at(&disk)?;
+        for record in &removed {
+            if !others.iter().any(|r| r.manifest == record.manifest) {
+                let disk = self.disk_path(&record.manifest);
+                if disk.exists() {
+                    std::fs::remove_file(&disk).at(&disk)?;
+                }
             }
-        }
-        for digest in self.blobs_of(&record) {
-            if !still_live.contains(&digest) {
-                let path = self.blob_path(&digest);
-                if path.exists() {
-                    std::fs::remove_file(&path).at(&path)?;
+            for digest in self.blobs_of(record) {
+                if !still_live.contains(&digest) {
+                    let path = self.blob_path(&digest);
+                    if path.exists() {
+                        std::fs::remove_file(&path).at(&path)?;
+                    }
                 }
             }
         }

@@ -25,6 +25,9 @@ pub struct RefRecord {
     pub updated_unix: u64,
 }
 
+/// The platform whose records carry no platform suffix.
+const DEFAULT_PLATFORM: &str = "linux/amd64";
+
 /// Escapes a reference into a single safe file name.
 fn file_name_of(reference: &str) -> String {
     let mut out = String::with_capacity(reference.len() + 8);
@@ -44,17 +47,29 @@ fn file_name_of(reference: &str) -> String {
 }
 
 impl Store {
-    fn ref_path(&self, reference: &str) -> PathBuf {
-        self.root.join("refs").join(file_name_of(reference))
+    /// `refs/<name>.json` for the default platform (linux/amd64), `refs/<name>#<platform>.json`
+    /// (escaped) for others, so each platform of a multi-arch tag has its own record.
+    fn ref_path(&self, reference: &str, platform: &str) -> PathBuf {
+        let key = if platform == DEFAULT_PLATFORM {
+            reference.to_string()
+        } else {
+            format!("{reference}#{platform}")
+        };
+        self.root.join("refs").join(file_name_of(&key))
     }
 
     fn refs_lock(&self) -> Result<FileLock> {
         FileLock::exclusive(&self.root.join("locks/refs.lock"))
     }
 
-    /// The record for `reference` (a canonical name), if any.
+    /// The linux/amd64 record for `reference` (a canonical name), if any.
     pub fn read_ref(&self, reference: &str) -> Result<Option<RefRecord>> {
-        let path = self.ref_path(reference);
+        self.read_ref_for(reference, DEFAULT_PLATFORM)
+    }
+
+    /// The record for `reference` on `platform` (`os/arch[/variant]`), if any.
+    pub fn read_ref_for(&self, reference: &str, platform: &str) -> Result<Option<RefRecord>> {
+        let path = self.ref_path(reference, platform);
         match std::fs::read(&path) {
             Ok(data) => serde_json::from_slice(&data)
                 .map(Some)
@@ -72,7 +87,7 @@ impl Store {
     /// Writes a record atomically; returns the one it replaced. A moved tag is logged.
     pub fn write_ref(&self, record: &RefRecord) -> Result<Option<RefRecord>> {
         let _lock = self.refs_lock()?;
-        let previous = self.read_ref(&record.reference)?;
+        let previous = self.read_ref_for(&record.reference, &record.platform)?;
         if let Some(prev) = &previous {
             if prev.manifest != record.manifest {
                 tracing::warn!(
@@ -89,22 +104,31 @@ impl Store {
         let data = serde_json::to_vec_pretty(record).expect("RefRecord serializes");
         std::io::Write::write_all(&mut temp, &data).at(temp.path())?;
         temp.as_file().sync_all().at(temp.path())?;
-        let dest = self.ref_path(&record.reference);
+        let dest = self.ref_path(&record.reference, &record.platform);
         let temp_path = temp.into_temp_path();
         Store::durable_rename(&temp_path, &dest)?;
         let _ = temp_path.keep();
         Ok(previous)
     }
 
-    /// Removes the record; `false` if there was none.
+    /// Removes the records of `reference` for every platform; `false` if there was none.
     pub fn remove_ref(&self, reference: &str) -> Result<bool> {
+        let records: Vec<RefRecord> = self
+            .list_refs()?
+            .into_iter()
+            .filter(|r| r.reference == reference)
+            .collect();
         let _lock = self.refs_lock()?;
-        let path = self.ref_path(reference);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(OciError::io(path, e)),
+        let mut removed = false;
+        for record in records {
+            let path = self.ref_path(&record.reference, &record.platform);
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(OciError::io(path, e)),
+            }
         }
+        Ok(removed)
     }
 
     /// All records, sorted by reference.
@@ -124,7 +148,7 @@ impl Store {
                 }
             }
         }
-        out.sort_by(|a, b| a.reference.cmp(&b.reference));
+        out.sort_by(|a, b| (&a.reference, &a.platform).cmp(&(&b.reference, &b.platform)));
         Ok(out)
     }
 }

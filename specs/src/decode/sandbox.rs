@@ -132,7 +132,8 @@ fn image_ref(ctx: &mut Ctx, node: &Node, path: &str, base_dir: &Path) -> Option<
     for prefix in ["oci:", "docker-archive:"] {
         if let Some(rest) = r.strip_prefix(prefix) {
             if !rest.is_empty() && !rest.starts_with('/') {
-                return Some(format!("{prefix}{}", base_dir.join(rest).display()));
+                let path = normalize(&base_dir.join(rest));
+                return Some(format!("{prefix}{}", path.display()));
             }
         }
     }
@@ -146,7 +147,26 @@ fn host_path(ctx: &mut Ctx, node: &Node, path: &str, base_dir: &Path) -> Option<
         ctx.error(node.pos, path, "path contains a NUL byte");
         return None;
     }
-    Some(base_dir.join(p))
+    Some(normalize(&base_dir.join(p)))
+}
+
+/// Removes `.` and `..` components lexically, so one file has one name
+/// (image store records are keyed by it).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 fn decode_inputs(ctx: &mut Ctx, node: &Node, base_dir: &Path) -> Vec<Input> {
