@@ -40,7 +40,9 @@ fn examples_run_in_microvms() {
         );
         return;
     }
-    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-examples-home");
+    // Shared with tests/lane_run.rs (test binaries run one at a time): one
+    // kernel download and one store.
+    let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
     let o = voidbox(&home, &["guest", "build"]);
     assert!(o.status.success(), "guest build failed: see above");
 

@@ -406,3 +406,42 @@ fn mutated_layers_never_panic_or_escape() {
         );
     }
 }
+
+#[test]
+fn later_layers_replace_merge_and_hide() {
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let mut tree = Tree::new(&root, UnpackLimits::default());
+    let mut l1 = RawTar::default();
+    l1.dir("a/", 0o755)
+        .file("a/keep", 0o644, 0, b"k")
+        .file("b", 0o644, 0, b"file")
+        .dir("c/", 0o700)
+        .file("c/inner", 0o644, 0, b"i")
+        .file("d/x", 0o644, 0, b"x")
+        .file("d/y", 0o644, 0, b"y");
+    let mut l2 = RawTar::default();
+    l2.dir("a/", 0o711) // merges, new mode
+        .dir("b/", 0o755) // file replaced by a directory
+        .file("c", 0o600, 0, b"now a file") // directory replaced by a file
+        .file("d/.wh..wh..opq", 0o644, 0, b"")
+        .file("d/z", 0o644, 0, b"z")
+        .file("a/.wh.missing", 0o644, 0, b""); // whiteout of nothing is fine
+    tree.apply_layer("l1", std::io::Cursor::new(l1.finish()), None)
+        .unwrap();
+    tree.apply_layer("l2", std::io::Cursor::new(l2.finish()), None)
+        .unwrap();
+    let paths: Vec<String> = tree
+        .entries()
+        .keys()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert_eq!(paths, ["", "a", "a/keep", "b", "c", "d", "d/z"]);
+    let e = tree.entries();
+    assert_eq!(e[Path::new("a")].mode, 0o711);
+    assert_eq!(e[Path::new("b")].kind, voidbox_oci::unpack::NodeKind::Dir);
+    assert_eq!(e[Path::new("c")].kind, voidbox_oci::unpack::NodeKind::File);
+    assert_eq!(std::fs::read(root.join("c")).unwrap(), b"now a file");
+    assert!(!root.join("d/x").exists() && root.join("d/z").exists());
+}

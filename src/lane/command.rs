@@ -98,15 +98,17 @@ impl Route {
     }
 }
 
-/// One stream's kept output.
+/// One stream's kept output (at most [`MAX_CAPTURE`] bytes plus a note). Also used by the
+/// local launcher.
 #[derive(Debug, Default)]
-struct Captured {
-    data: Vec<u8>,
+pub(super) struct Captured {
+    pub(super) data: Vec<u8>,
     full: bool,
 }
 
 impl Captured {
-    fn push(&mut self, chunk: &[u8]) {
+    /// Keeps `chunk` if it fits, else notes once that output was dropped.
+    pub(super) fn push(&mut self, chunk: &[u8]) {
         if self.full {
             return;
         }
@@ -174,6 +176,7 @@ impl LaneProcess {
             status: None,
         }
     }
+
     /// Handles one event; `Ok(false)` when none arrived within `timeout`.
     fn pump(&mut self, timeout: Duration) -> Result<bool, LaneError> {
         let ev = match self.rx.recv_timeout(timeout) {

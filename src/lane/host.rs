@@ -16,7 +16,7 @@ use super::command::{Event, LaneProcess, Route, Stream};
 use super::config::LaneConfig;
 use super::error::LaneError;
 use super::process::Output;
-use super::protocol::{self, CommandSpec, ExitInfo, ReadyInfo};
+use super::protocol::{self, CommandSpec, ReadyInfo};
 use super::relay::RELAY_PORT_PREFIX;
 use super::server::CONTROL_PORT;
 

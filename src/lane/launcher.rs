@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::command::LaneProcess;
+use super::command::{Captured, LaneProcess};
 use super::config::LaneConfig;
 use super::error::LaneError;
 use super::host::Lane;
@@ -133,7 +133,12 @@ impl Process {
     /// Stdout collected so far.
     pub fn stdout_so_far(&self) -> Vec<u8> {
         match self {
-            Process::Local(p) => p.stdout.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Process::Local(p) => p
+                .stdout
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .data
+                .clone(),
             Process::Lane(p) => p.stdout_so_far().to_vec(),
         }
     }
@@ -147,12 +152,13 @@ impl Process {
     }
 }
 
-/// A local child in its own session, its output captured by two threads.
+/// A local child in its own session, its output captured by two threads (bounded like a
+/// [`LaneProcess`]'s).
 pub struct LocalProcess {
     argv0: String,
     child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
+    stdout: Arc<Mutex<Captured>>,
+    stderr: Arc<Mutex<Captured>>,
     pumps: Vec<std::thread::JoinHandle<()>>,
     status: Option<ExitInfo>,
 }
@@ -184,9 +190,9 @@ impl LocalProcess {
             argv0: prog.clone(),
             msg: e.to_string(),
         })?;
-        let stdout: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
-        let pump = |mut r: Box<dyn std::io::Read + Send>, buf: Arc<Mutex<Vec<u8>>>| {
+        let stdout: Arc<Mutex<Captured>> = Arc::default();
+        let stderr: Arc<Mutex<Captured>> = Arc::default();
+        let pump = |mut r: Box<dyn std::io::Read + Send>, buf: Arc<Mutex<Captured>>| {
             std::thread::spawn(move || {
                 let mut chunk = vec![0u8; 64 * 1024];
                 while let Ok(n) = r.read(&mut chunk) {
@@ -195,7 +201,7 @@ impl LocalProcess {
                     }
                     buf.lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .extend_from_slice(&chunk[..n]);
+                        .push(&chunk[..n]);
                 }
             })
         };
@@ -241,7 +247,7 @@ impl LocalProcess {
     fn wait_for_stdout(&mut self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
-            if String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner()))
+            if String::from_utf8_lossy(&self.stdout.lock().unwrap_or_else(|e| e.into_inner()).data)
                 .contains(needle)
             {
                 return true;
@@ -263,7 +269,7 @@ impl LocalProcess {
                     argv0: self.argv0.clone(),
                     secs: timeout.as_secs(),
                     stderr: String::from_utf8_lossy(
-                        &self.stderr.lock().unwrap_or_else(|e| e.into_inner()),
+                        &self.stderr.lock().unwrap_or_else(|e| e.into_inner()).data,
                     )
                     .into_owned(),
                 });
@@ -273,8 +279,8 @@ impl LocalProcess {
         for p in self.pumps.drain(..) {
             let _ = p.join();
         }
-        let take = |b: &Arc<Mutex<Vec<u8>>>| {
-            std::mem::take(&mut *b.lock().unwrap_or_else(|e| e.into_inner()))
+        let take = |b: &Arc<Mutex<Captured>>| {
+            std::mem::take(&mut b.lock().unwrap_or_else(|e| e.into_inner()).data)
         };
         Ok(Output {
             status: self.status.expect("checked"),

@@ -165,4 +165,58 @@ mod tests {
         assert!(read_frame(&mut &[3u8, 0, 0, 0, 1][..]).is_err());
         assert!(write_frame(&mut Vec::new(), STDOUT, 1, &vec![0; MAX_FRAME]).is_err());
     }
+
+    /// Hands out its bytes a few at a time, as a socket may.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 5 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn split_reads_truncation_and_garbage() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, SPAWN, 9, br#"{"argv":["true"]}"#).unwrap();
+        write_frame(&mut buf, SIGNAL, 9, &9i32.to_le_bytes()).unwrap();
+        let mut r = Trickle(&buf, 0);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!((f.kind, f.id), (SPAWN, 9));
+        let spec: CommandSpec = serde_json::from_slice(&f.payload).unwrap();
+        assert_eq!(spec, CommandSpec::new(["true"]));
+        assert_eq!(
+            read_frame(&mut r).unwrap().unwrap().payload,
+            9i32.to_le_bytes()
+        );
+        assert!(read_frame(&mut r).unwrap().is_none());
+        // A frame cut anywhere after its first byte is an error, never a short frame.
+        for cut in 1..buf.len() / 2 {
+            let mut r = &buf[..cut];
+            assert!(read_frame(&mut r).is_err(), "cut at {cut}");
+        }
+        // Pseudo-random streams: frames within bounds, or an error; never a panic.
+        let mut x: u32 = 7;
+        for _ in 0..2000 {
+            let mut junk = Vec::new();
+            for _ in 0..(x % 64) {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                junk.push((x >> 16) as u8);
+            }
+            if junk.len() >= 4 && x % 3 == 0 {
+                // A plausible length now and then, so bodies get parsed too.
+                let len = (junk.len() as u32 - 4).max(5);
+                junk[..4].copy_from_slice(&len.to_le_bytes());
+            }
+            let mut r = Trickle(&junk, x as usize);
+            while let Ok(Some(f)) = read_frame(&mut r) {
+                assert!(5 + f.payload.len() <= MAX_FRAME);
+                let _ = serde_json::from_slice::<ExitInfo>(&f.payload);
+            }
+        }
+    }
 }

@@ -220,6 +220,52 @@ fn elf_payload_sees_cmdline_with_slot_entries_and_reset_exits_0() {
     );
 }
 
+/// A minimal bzImage (boot protocol 2.15, one setup sector) whose 64-bit entry, 0x200 bytes
+/// into the protected-mode part loaded at 1 MiB, runs `code`.
+fn bzimage_payload(dir: &Path, name: &str, code: &[u8]) -> PathBuf {
+    let mut f = vec![0u8; 2 * 512];
+    f[0x1f1] = 1; // setup_sects
+    f[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+    f[0x202..0x206].copy_from_slice(b"HdrS");
+    f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+    f[0x211] = 0x01; // LOADED_HIGH
+    f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+    f[0x236..0x238].copy_from_slice(&0x0001u16.to_le_bytes()); // XLF_KERNEL_64
+    let mut pm = vec![0xf4u8; 0x200]; // the 32-bit entry: never used
+    pm.extend(code);
+    f.extend(pm);
+    let path = dir.join(name);
+    std::fs::write(&path, f).unwrap();
+    path
+}
+
+#[test]
+fn bzimage_payload_boots_through_the_zero_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = bzimage_payload(d, "echo.bzImage", &echo_cmdline_code());
+    let initrd = d.join("extra.cpio");
+    std::fs::write(&initrd, b"070701").unwrap();
+    let console = d.join("console.log");
+    let o = vmm(&[
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cmdline",
+        "from-bzimage",
+        "--serial",
+        console.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(exit_code::GUEST_STOPPED),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&console).unwrap(), "from-bzimage\n");
+}
+
 #[test]
 fn memory_above_the_hole_is_in_the_e820_map() {
     // 3.25 GiB: RAM below the 32-bit hole plus 256 MiB from 4 GiB, so the
@@ -399,4 +445,18 @@ fn pvm_host_gets_the_guest_kernel_warning() {
         pvm,
         "PVM host: {pvm}; stderr: {err}"
     );
+}
+
+#[test]
+fn serial_goes_to_stdout_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = elf_payload(dir.path(), "echo.elf", &echo_cmdline_code());
+    let o = vmm(&["--kernel", k.to_str().unwrap(), "--cmdline", "to-stdout"]);
+    assert_eq!(
+        o.status.code(),
+        Some(exit_code::GUEST_STOPPED),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "to-stdout\n");
 }

@@ -140,6 +140,16 @@ impl Store {
                 report.disks_removed += 1;
             }
         }
+        // Per-disk lock files: pulls hold the shared store lock while building, so none is in
+        // use now; even a direct `ensure_disk` caller racing this only builds twice (each
+        // build renames a complete disk into place).
+        let locks = self.root.join("locks");
+        for entry in std::fs::read_dir(&locks).at(&locks)? {
+            let entry = entry.at(&locks)?;
+            if entry.file_name().to_string_lossy().starts_with("disk-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(report)
     }
 

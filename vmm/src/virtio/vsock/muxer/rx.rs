@@ -3,7 +3,8 @@
 
 use std::io::{self, Read, Write};
 
-use virtio_queue::{QueueOwnedT, QueueT, Writer};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Writer};
+use vm_memory::GuestMemoryMmap;
 
 use super::Muxer;
 use crate::virtio::vsock::connection::ConnKey;
@@ -79,16 +80,27 @@ impl Muxer {
         self.send_host_data(key)
     }
 
+    /// The next RX buffer; a corrupted ring stops RX until the device is reset.
+    fn next_rx_chain<'m>(
+        &mut self,
+        mem: &'m GuestMemoryMmap,
+    ) -> Result<DescriptorChain<&'m GuestMemoryMmap>, RxOutcome> {
+        match pop_chain(&mut self.rxq, mem) {
+            Pop::Chain(c) => Ok(c),
+            Pop::Empty => Err(RxOutcome::NoBuffer),
+            Pop::Broken => {
+                self.rx_broken = true;
+                Err(RxOutcome::NoBuffer)
+            }
+        }
+    }
+
     /// Read host data for connection `key` straight into the next RX buffer.
     fn send_host_data(&mut self, key: ConnKey) -> RxOutcome {
         let mem = self.mem.clone();
-        let chain = match pop_chain(&mut self.rxq, &mem) {
-            Pop::Chain(c) => c,
-            Pop::Empty => return RxOutcome::NoBuffer,
-            Pop::Broken => {
-                self.rx_broken = true;
-                return RxOutcome::NoBuffer;
-            }
+        let chain = match self.next_rx_chain(&mem) {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
         };
         let head = chain.head_index();
         let mut writer: Writer = match chain.writer(&mem) {
@@ -148,13 +160,9 @@ impl Muxer {
     /// Write a header-only packet into the next RX buffer.
     fn write_rx(&mut self, h: &PacketHeader) -> RxOutcome {
         let mem = self.mem.clone();
-        let chain = match pop_chain(&mut self.rxq, &mem) {
-            Pop::Chain(c) => c,
-            Pop::Empty => return RxOutcome::NoBuffer,
-            Pop::Broken => {
-                self.rx_broken = true;
-                return RxOutcome::NoBuffer;
-            }
+        let chain = match self.next_rx_chain(&mem) {
+            Ok(c) => c,
+            Err(outcome) => return outcome,
         };
         let head = chain.head_index();
         let written = chain
