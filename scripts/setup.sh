@@ -14,7 +14,6 @@ PKGS=(
   docker-registry   # a real local OCI registry for the tests (bound to 127.0.0.1 by them)
   skopeo umoci      # test images and the benchmark peer
   debootstrap mmdebstrap  # example images built from Debian packages
-  apache2-utils     # htpasswd for the registry basic-auth test
 )
 missing=()
 for p in "${PKGS[@]}"; do

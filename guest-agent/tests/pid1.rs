@@ -85,15 +85,39 @@ fn text(b: Vec<u8>) -> String {
     String::from_utf8_lossy(&b).to_string()
 }
 
-#[test]
-fn agent_as_pid1_enters_the_base_image_and_serves() {
-    let tmp = tempfile::tempdir().unwrap();
-    // The "initramfs": just the agent and the boot data.
-    let initramfs = tmp.path().join("initramfs");
+/// The "initramfs": just the agent (boot data is added by the caller).
+fn make_initramfs(tmp: &Path) -> PathBuf {
+    let initramfs = tmp.join("initramfs");
     std::fs::create_dir_all(initramfs.join(".voidbox")).unwrap();
     let agent = env!("CARGO_BIN_EXE_voidbox-guest-agent");
     std::fs::copy(agent, initramfs.join("init")).unwrap();
     copy_shared_libs(agent, &initramfs);
+    initramfs
+}
+
+/// Starts the agent as PID 1 of a new mount + pid namespace rooted at `initramfs`.
+fn start_pid1(initramfs: &Path, name: &str, disks: &[(&str, &str)]) -> Pid1 {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--propagation",
+        "private",
+        "--root",
+    ])
+    .arg(initramfs)
+    .args(["/init", "--listen", &format!("unix:@{name}")]);
+    for (serial, dev) in disks {
+        cmd.args(["--disk", &format!("{serial}={dev}")]);
+    }
+    Pid1(cmd.spawn().expect("unshare (util-linux) is installed"))
+}
+
+#[test]
+fn agent_as_pid1_enters_the_base_image_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let initramfs = make_initramfs(tmp.path());
 
     // The base image: busybox and the usual directories.
     let base = tmp.path().join("base");
@@ -113,6 +137,9 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
     std::fs::write(skill.join("skill.txt"), b"skill data\n").unwrap();
     let base_disk = Loop::new(&base, tmp.path().join("base.img"), "32M");
     let skill_disk = Loop::new(&skill, tmp.path().join("skill.img"), "8M");
+    // A second skill at a path none of whose directories exist in the base image.
+    let skill2_disk = Loop::new(&skill, tmp.path().join("skill2.img"), "8M");
+    assert!(!base.join("opt").exists());
 
     let secret = Secret::generate();
     let mut data = BootData::new(&secret);
@@ -122,31 +149,25 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         path: "/skills/s".into(),
         fstype: "ext4".into(),
     });
+    data.disks.skills.push(DiskMount {
+        serial: "skill1".into(),
+        path: "/opt/tools/skill2".into(),
+        fstype: "ext4".into(),
+    });
     data.hostname = Some("pid1-test".into());
     let boot = initramfs.join(".voidbox/boot.json");
     std::fs::write(&boot, data.to_json()).unwrap();
 
     let name = format!("voidbox-pid1-test-{}", &fresh_nonce()[..12]);
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--propagation",
-            "private",
-            "--root",
-        ])
-        .arg(&initramfs)
-        .args(["/init", "--listen", &format!("unix:@{name}")])
-        .args([
-            "--disk",
-            &format!("base0={}", base_disk.dev),
-            "--disk",
-            &format!("skill0={}", skill_disk.dev),
-        ])
-        .spawn()
-        .expect("unshare (util-linux) is installed");
-    let mut pid1 = Pid1(child);
+    let mut pid1 = start_pid1(
+        &initramfs,
+        &name,
+        &[
+            ("base0", &base_disk.dev),
+            ("skill0", &skill_disk.dev),
+            ("skill1", &skill2_disk.dev),
+        ],
+    );
 
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let t = Instant::now();
@@ -183,6 +204,11 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         skill_line.contains("ext4") && skill_line.contains("ro,nosuid,nodev"),
         "{skill_line}"
     );
+    let skill2_line = mounts
+        .lines()
+        .find(|l| l.contains(" /opt/tools/skill2 "))
+        .unwrap_or_else(|| panic!("skill at a path absent from the image: {mounts}"));
+    assert!(skill2_line.contains("ro,nosuid,nodev"), "{skill2_line}");
     for m in [
         " /proc proc",
         " /sys sysfs",
@@ -201,6 +227,8 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         None,
     );
     assert_eq!(text(out), "base image\nskill data\n");
+    let (out, _, _) = c.exec(40, argv(&["cat", "/opt/tools/skill2/skill.txt"]), None);
+    assert_eq!(text(out), "skill data\n");
     let (out, _, _) = c.exec(3, argv(&["hostname"]), None);
     assert_eq!(text(out), "pid1-test\n");
     let (out, _, _) = c.exec(
@@ -272,4 +300,56 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         "{}",
         String::from_utf8_lossy(&fsck.stdout)
     );
+}
+
+/// A skill mount path through a symlink of the (untrusted) image is refused:
+/// `/escape -> /etc` must not put the skill on `/etc/s`. PID 1 treats it as
+/// fatal and ends before serving anything.
+#[test]
+fn skill_mount_through_an_image_symlink_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let initramfs = make_initramfs(tmp.path());
+    let base = tmp.path().join("base");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "run"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", base.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("/etc", base.join("escape")).unwrap();
+    let skill = tmp.path().join("skill");
+    std::fs::create_dir_all(&skill).unwrap();
+    std::fs::write(skill.join("skill.txt"), b"skill data\n").unwrap();
+    let base_disk = Loop::new(&base, tmp.path().join("base.img"), "16M");
+    let skill_disk = Loop::new(&skill, tmp.path().join("skill.img"), "8M");
+
+    let secret = Secret::generate();
+    let mut data = BootData::new(&secret);
+    data.disks.base_serial = Some("base0".into());
+    data.disks.skills.push(DiskMount {
+        serial: "skill0".into(),
+        path: "/escape/s".into(),
+        fstype: "ext4".into(),
+    });
+    std::fs::write(initramfs.join(".voidbox/boot.json"), data.to_json()).unwrap();
+    let name = format!("voidbox-pid1-symlink-{}", &fresh_nonce()[..12]);
+    let mut pid1 = start_pid1(
+        &initramfs,
+        &name,
+        &[("base0", &base_disk.dev), ("skill0", &skill_disk.dev)],
+    );
+    let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    let t = Instant::now();
+    loop {
+        if UnixStream::connect_addr(&addr).is_ok() {
+            panic!("the agent served although the skill path went through a symlink");
+        }
+        if let Some(st) = pid1.0.try_wait().unwrap() {
+            eprintln!("PID 1 ended as expected: {st}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "PID 1 neither served nor ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

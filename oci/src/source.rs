@@ -68,6 +68,17 @@ impl ImageSource {
             });
         }
         let reference = Reference::from_str(text).map_err(|e| invalid(&e.to_string()))?;
+        if reference
+            .repository()
+            .bytes()
+            .any(|b| b.is_ascii_uppercase())
+        {
+            return Err(invalid("repository names must be lowercase"));
+        }
+        // The canonical form is what the store records; it must parse back to the same image.
+        if Reference::from_str(&reference.whole()).map(|r| r.whole()) != Ok(reference.whole()) {
+            return Err(invalid("not a canonical registry reference"));
+        }
         if let Some(digest) = reference.digest() {
             Digest::parse(digest).map_err(|e| invalid(&e.to_string()))?;
         }
@@ -199,6 +210,8 @@ mod tests {
         assert!(ImageSource::parse("docker-archive:").is_err());
         assert!(ImageSource::parse("Bad Name").is_err());
         assert!(ImageSource::parse("x@sha256:zz").is_err());
+        // Found by the parse_reference fuzz target: must not parse to an unparsable name.
+        assert!(ImageSource::parse("cD/ock").is_err());
     }
 
     #[test]

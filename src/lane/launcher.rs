@@ -38,12 +38,7 @@ pub fn detect_host_kvm() -> HostKvm {
     {
         return HostKvm::Unusable(format!("/dev/kvm is not usable: {e}"));
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let hw = cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("flags"))
-        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if hw {
+    if voidbox_vmm::host::cpu_has_hw_virt() {
         HostKvm::Hardware
     } else {
         HostKvm::Unusable("the CPU shows neither vmx nor svm".into())

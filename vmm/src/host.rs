@@ -63,9 +63,12 @@ pub fn check_memory(mem_mib: u32) -> Result<(), HostError> {
 /// True on a PVM host: the kvm_pvm module is loaded and the CPU has
 /// neither vmx nor svm.
 pub fn is_pvm_host() -> bool {
-    let pvm = Path::new("/sys/module/kvm_pvm").exists();
-    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    pvm && !has_hw_virt(&cpuinfo)
+    Path::new("/sys/module/kvm_pvm").exists() && !cpu_has_hw_virt()
+}
+
+/// True when the CPU flags in /proc/cpuinfo show vmx or svm.
+pub fn cpu_has_hw_virt() -> bool {
+    has_hw_virt(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default())
 }
 
 fn has_hw_virt(cpuinfo: &str) -> bool {

@@ -428,6 +428,7 @@ fn kernel_directory_and_vsock_in_use_are_clear_errors() {
 
 #[test]
 fn pvm_host_gets_the_guest_kernel_warning() {
+    // Independent of the library's own check: read the flags here.
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let hw = cpuinfo
         .lines()

@@ -33,10 +33,19 @@ pub fn find(
     let deadline = Instant::now() + timeout;
     loop {
         let (found, seen) = scan(serial);
-        if let Some(dev) = found {
-            return Ok(dev);
-        }
+        // sysfs shows the disk a moment before devtmpfs has its node: mounting
+        // then would fail with ENOENT, so wait for the node as well.
+        let missing_node = match found {
+            Some(dev) if std::path::Path::new(&dev).exists() => return Ok(dev),
+            Some(dev) => Some(dev),
+            None => None,
+        };
         if Instant::now() >= deadline {
+            if let Some(dev) = missing_node {
+                return Err(format!(
+                    "the disk with serial `{serial}` is in /sys/block but {dev} never appeared after {timeout:?}"
+                ));
+            }
             return Err(format!(
                 "no virtio-blk disk with serial `{serial}` after {timeout:?} (disks seen: [{}])",
                 seen.join(", ")
