@@ -276,3 +276,25 @@ fn schema_and_version() {
     let o = h.voidbox(&["run"]);
     assert_eq!(code(&o), 2, "usage errors exit 2");
 }
+
+#[test]
+fn image_pull_from_a_registry_that_is_down() {
+    let h = Home::new();
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let reference = format!("127.0.0.1:{port}/voidbox/nothing:1");
+    let o = h.voidbox(&["image", "pull", &reference]);
+    assert_eq!(code(&o), 122, "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!("cannot reach the registry at 127.0.0.1:{port}")),
+        "{e}"
+    );
+    assert!(e.to_lowercase().contains("connection refused"), "{e}");
+    assert!(e.contains("--offline"), "{e}");
+    assert!(!e.contains("authentication"), "{e}");
+}

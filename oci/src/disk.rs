@@ -28,7 +28,7 @@ pub fn ensure_disk(store: &Store, manifest: &Digest, limits: UnpackLimits) -> Re
     }
     let started = std::time::Instant::now();
     let what = format!("manifest {manifest}");
-    let data = store.read_blob(manifest)?;
+    let data = store.read_manifest(manifest)?;
     let Manifest::Image(image) = parse_manifest(&data, &what)? else {
         return Err(OciError::BadManifest {
             what,

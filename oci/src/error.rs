@@ -44,6 +44,50 @@ pub enum OciError {
         /// What the client said.
         message: String,
     },
+    /// Nothing answers at the registry's address (refused, DNS failure, timeout).
+    #[error("cannot reach the registry at {registry}: {cause}; check the address, start the registry, or use --offline (or a local `oci:<dir>` layout) if the image is already in the store")]
+    RegistryUnreachable {
+        /// host[:port] of the registry.
+        registry: String,
+        /// The underlying network error.
+        cause: String,
+    },
+    /// The TLS handshake failed (often: a plain-HTTP registry reached over HTTPS).
+    #[error("TLS connection to the registry at {registry} failed: {cause}; if it serves plain HTTP pass --insecure-registry {registry}, otherwise check its certificate")]
+    RegistryTls {
+        /// host[:port] of the registry.
+        registry: String,
+        /// The underlying TLS error.
+        cause: String,
+    },
+    /// The registry answered that the repository, tag or digest does not exist.
+    #[error("image not found: {reference} does not exist at the registry {registry} ({detail}); check the repository name and tag")]
+    ImageNotFound {
+        /// The reference asked for.
+        reference: String,
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the registry said.
+        detail: String,
+    },
+    /// The registry refused the request for lack of (valid) credentials.
+    #[error("authentication failed at the registry {registry}: {detail}; set VOIDBOX_REGISTRY_USERNAME and VOIDBOX_REGISTRY_PASSWORD or log in with `docker login {registry}`")]
+    AuthenticationFailed {
+        /// host[:port] of the registry.
+        registry: String,
+        /// What the registry said.
+        detail: String,
+    },
+    /// A manifest, index or config is larger than its cap.
+    #[error("{what} is {size} bytes, more than the cap of {cap} bytes for this kind of document (the source is broken or hostile)")]
+    DocumentTooLarge {
+        /// Which document.
+        what: String,
+        /// Its (announced or received) size; a lower bound if it was cut off.
+        size: u64,
+        /// The cap in bytes.
+        cap: u64,
+    },
     /// A manifest or config could not be understood.
     #[error("bad manifest {what}: {reason}")]
     BadManifest {

@@ -8,8 +8,8 @@ use std::path::Path;
 use crate::digest::Digest;
 use crate::error::{IoContext, OciError, Result};
 use crate::manifest::{
-    image_blobs, parse_manifest, select_platform, Manifest, OCI_CONFIG, OCI_LAYER_GZIP,
-    OCI_LAYER_TAR, OCI_MANIFEST,
+    image_blobs, parse_manifest, select_platform, Manifest, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
+    OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST,
 };
 use crate::source::Platform;
 use crate::store::{PendingBlob, Store};
@@ -27,6 +27,32 @@ fn bad(source: &Path, reason: impl Into<String>) -> OciError {
     OciError::BadSource {
         source_name: source.display().to_string(),
         reason: reason.into(),
+    }
+}
+
+/// Reads at most `cap` bytes; `Ok(Err(..))` if the reader holds more.
+fn read_capped(reader: impl Read, cap: u64, what: &str) -> std::io::Result<Result<Vec<u8>>> {
+    let mut data = Vec::new();
+    reader.take(cap + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > cap {
+        return Ok(Err(OciError::DocumentTooLarge {
+            what: what.to_string(),
+            size: data.len() as u64,
+            cap,
+        }));
+    }
+    Ok(Ok(data))
+}
+
+/// Refuses a manifest descriptor whose announced size is past the manifest cap.
+fn check_manifest_size(digest: &Digest, size: Option<u64>) -> Result<()> {
+    match size {
+        Some(size) if size > MAX_MANIFEST_BYTES => Err(OciError::DocumentTooLarge {
+            what: format!("manifest {digest}"),
+            size,
+            cap: MAX_MANIFEST_BYTES,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -52,8 +78,10 @@ pub fn import_oci_layout(
     platform: &Platform,
 ) -> Result<Resolved> {
     let index_path = dir.join("index.json");
-    let data = std::fs::read(&index_path)
+    let file = std::fs::File::open(&index_path)
         .map_err(|e| bad(dir, format!("not an OCI layout: index.json: {e}")))?;
+    let data = read_capped(file, MAX_MANIFEST_BYTES, &index_path.display().to_string())
+        .at(&index_path)??;
     let Manifest::Index(index) = parse_manifest(&data, &index_path.display().to_string())? else {
         return Err(bad(dir, "index.json is not an image index"));
     };
@@ -94,8 +122,9 @@ pub fn import_oci_layout(
         ));
     };
     let top = Digest::parse(entry.digest().as_ref())?;
+    check_manifest_size(&top, Some(entry.size()))?;
     copy_layout_blob(store, dir, &top, Some(entry.size()))?;
-    let top_data = store.read_blob(&top)?;
+    let top_data = store.read_manifest(&top)?;
     let (manifest, index) = match parse_manifest(&top_data, &format!("manifest {top}"))? {
         Manifest::Image(_) => (top, None),
         Manifest::Index(inner) => {
@@ -105,17 +134,25 @@ pub fn import_oci_layout(
                 .iter()
                 .find(|e| e.digest().as_ref() == child.to_string())
                 .map(|e| e.size());
+            check_manifest_size(&child, size)?;
             copy_layout_blob(store, dir, &child, size)?;
             (child, Some(top))
         }
     };
     let Manifest::Image(image) = parse_manifest(
-        &store.read_blob(&manifest)?,
+        &store.read_manifest(&manifest)?,
         &format!("manifest {manifest}"),
     )?
     else {
         return Err(bad(dir, format!("{manifest} is an index inside an index")));
     };
+    if image.config().size() > MAX_CONFIG_BYTES {
+        return Err(OciError::DocumentTooLarge {
+            what: format!("config {}", image.config().digest()),
+            size: image.config().size(),
+            cap: MAX_CONFIG_BYTES,
+        });
+    }
     for d in std::iter::once(image.config()).chain(image.layers()) {
         copy_layout_blob(
             store,
@@ -154,13 +191,8 @@ pub fn import_docker_archive(store: &Store, file: &Path) -> Result<Resolved> {
             .trim_start_matches("./")
             .to_string();
         if name == "manifest.json" {
-            let mut data = Vec::new();
-            entry
-                .by_ref()
-                .take(16 << 20)
-                .read_to_end(&mut data)
-                .at(file)?;
-            manifest_json = Some(data);
+            let what = format!("{}: manifest.json", file.display());
+            manifest_json = Some(read_capped(&mut entry, MAX_MANIFEST_BYTES, &what).at(file)??);
             continue;
         }
         let mut writer = store.blob_writer()?;

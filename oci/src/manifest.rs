@@ -21,6 +21,11 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// OCI uncompressed layer media type.
 pub const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
+/// Largest manifest or index accepted from any source (real ones are a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+/// Largest image config accepted (history and labels can make them larger than manifests).
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Media types accepted when fetching a manifest by reference.
 pub const ACCEPTED_MANIFESTS: &[&str] = &[OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST];
 

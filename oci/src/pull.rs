@@ -10,7 +10,10 @@ use crate::digest::Digest;
 use crate::disk::ensure_disk;
 use crate::error::{OciError, Result};
 use crate::local::{import_docker_archive, import_oci_layout, Resolved};
-use crate::manifest::{parse_config, parse_manifest, select_platform, Manifest};
+use crate::manifest::{
+    image_blobs, parse_config, parse_manifest, select_platform, Manifest, MAX_CONFIG_BYTES,
+    MAX_MANIFEST_BYTES,
+};
 use crate::progress::Progress;
 use crate::registry::{RegistryClient, RegistryOptions};
 use crate::source::{ImageSource, Platform};
@@ -30,7 +33,7 @@ pub enum PullPolicy {
 }
 
 /// Options of a pull.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PullOptions {
     /// Platform chosen from an index.
     pub platform: Platform,
@@ -42,6 +45,23 @@ pub struct PullOptions {
     pub progress: bool,
     /// Unpacking limits.
     pub limits: UnpackLimits,
+    /// Build the image's ext4 rootfs disk (true for rootfs and skill images). Guest
+    /// images (kernel + initramfs) set it false: their blobs are fetched and verified
+    /// the same way, but no disk is built.
+    pub build_disk: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: Platform::default(),
+            registry: RegistryOptions::default(),
+            policy: PullPolicy::default(),
+            progress: false,
+            limits: UnpackLimits::default(),
+            build_disk: true,
+        }
+    }
 }
 
 /// A pulled (or cached) image ready to boot from.
@@ -55,7 +75,8 @@ pub struct PulledImage {
     pub index: Option<Digest>,
     /// The image config (Env, Cmd, User, WorkingDir, ...).
     pub config: ImageConfiguration,
-    /// The read-only ext4 disk in the store.
+    /// The read-only ext4 disk in the store. Only built when the pull asked for it
+    /// ([`PullOptions::build_disk`]); otherwise this is where it would be and may not exist.
     pub disk: PathBuf,
     /// If the reference pointed to another manifest before this pull: that manifest.
     pub moved_from: Option<Digest>,
@@ -70,7 +91,7 @@ fn now_unix() -> u64 {
 
 fn load_config(store: &Store, manifest: &Digest) -> Result<ImageConfiguration> {
     let what = format!("manifest {manifest}");
-    let Manifest::Image(image) = parse_manifest(&store.read_blob(manifest)?, &what)? else {
+    let Manifest::Image(image) = parse_manifest(&store.read_manifest(manifest)?, &what)? else {
         return Err(OciError::BadManifest {
             what,
             reason: "is an index, not an image manifest".into(),
@@ -87,13 +108,41 @@ pub fn resolve_cached(
     source: &ImageSource,
     platform: &Platform,
 ) -> Result<Option<PulledImage>> {
+    resolve_cached_with(store, source, platform, true)
+}
+
+/// Whether the manifest and every blob it lists (config, layers) are in the store.
+fn has_all_blobs(store: &Store, manifest: &Digest) -> Result<bool> {
+    if !store.has_blob(manifest) {
+        return Ok(false);
+    }
+    let what = format!("manifest {manifest}");
+    let Manifest::Image(image) = parse_manifest(&store.read_manifest(manifest)?, &what)? else {
+        return Ok(false);
+    };
+    Ok(image_blobs(&image)?.iter().all(|d| store.has_blob(d)))
+}
+
+/// [`resolve_cached`]; without `need_disk` the disk may be missing but every blob must
+/// be in the store.
+fn resolve_cached_with(
+    store: &Store,
+    source: &ImageSource,
+    platform: &Platform,
+    need_disk: bool,
+) -> Result<Option<PulledImage>> {
     let name = source.canonical_name();
     let (manifest, index) = match store.read_ref_for(&name, &platform.to_string())? {
         Some(record) => (record.manifest, record.index),
         None => return Ok(None),
     };
     let disk = store.disk_path(&manifest);
-    if !disk.is_file() || !store.has_blob(&manifest) {
+    let complete = if need_disk {
+        disk.is_file() && store.has_blob(&manifest)
+    } else {
+        has_all_blobs(store, &manifest)?
+    };
+    if !complete {
         return Ok(None);
     }
     let config = load_config(store, &manifest)?;
@@ -117,7 +166,9 @@ pub async fn pull(
     let _shared = store.lock_shared()?;
     let name = source.canonical_name();
     if options.policy != PullPolicy::Always {
-        if let Some(image) = resolve_cached(store, source, &options.platform)? {
+        if let Some(image) =
+            resolve_cached_with(store, source, &options.platform, options.build_disk)?
+        {
             return Ok(image);
         }
     }
@@ -134,7 +185,18 @@ pub async fn pull(
             ImageSource::DockerArchive { file } => import_docker_archive(store, file)?,
         }
     };
-    let disk = ensure_disk(store, &resolved.manifest, options.limits)?;
+    let disk = if options.build_disk {
+        ensure_disk(store, &resolved.manifest, options.limits)?
+    } else {
+        // Every blob was verified on its way into the store; offline, make sure none is
+        // missing before recording the reference.
+        if !has_all_blobs(store, &resolved.manifest)? {
+            return Err(OciError::NotInStore {
+                reference: name.clone(),
+            });
+        }
+        store.disk_path(&resolved.manifest)
+    };
     let config = load_config(store, &resolved.manifest)?;
     let previous = store.write_ref(&RefRecord {
         reference: name.clone(),
@@ -208,6 +270,19 @@ async fn fetch_from_registry(
             Manifest::Image(_) => (top, data, None),
             Manifest::Index(idx) => {
                 let child = select_platform(&idx, &options.platform, &reference.whole())?;
+                if let Some(size) = idx
+                    .manifests()
+                    .iter()
+                    .find(|e| e.digest().as_ref() == child.to_string())
+                    .map(|e| e.size())
+                    .filter(|s| *s > MAX_MANIFEST_BYTES)
+                {
+                    return Err(OciError::DocumentTooLarge {
+                        what: format!("manifest {child} of {}", reference.whole()),
+                        size,
+                        cap: MAX_MANIFEST_BYTES,
+                    });
+                }
                 let child_ref = Reference::with_digest(
                     reference.registry().to_string(),
                     reference.repository().to_string(),
@@ -224,6 +299,17 @@ async fn fetch_from_registry(
             reason: "an index inside an index".into(),
         });
     };
+    if image.config().size() > MAX_CONFIG_BYTES {
+        return Err(OciError::DocumentTooLarge {
+            what: format!(
+                "config {} of {}",
+                image.config().digest(),
+                reference.whole()
+            ),
+            size: image.config().size(),
+            cap: MAX_CONFIG_BYTES,
+        });
+    }
     let blobs: Vec<(Digest, u64)> = std::iter::once(image.config())
         .chain(image.layers())
         .map(|d| Ok((Digest::parse(d.digest().as_ref())?, d.size())))

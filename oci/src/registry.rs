@@ -5,15 +5,19 @@ use std::io::Write as _;
 
 use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 
 use crate::digest::Digest;
 use crate::error::{IoContext, OciError, Result};
 use crate::manifest::{
-    image_blobs, parse_manifest, Manifest, ACCEPTED_MANIFESTS, OCI_INDEX, OCI_MANIFEST,
+    image_blobs, parse_manifest, Manifest, ACCEPTED_MANIFESTS, MAX_MANIFEST_BYTES, OCI_INDEX,
+    OCI_MANIFEST,
 };
+use crate::manifest_fetch::{get_capped, too_large, CappedGet};
 use crate::progress::Progress;
+use crate::registry_error::registry_failure;
 use crate::store::Store;
 
 /// How many blobs are downloaded at once.
@@ -40,6 +44,9 @@ fn is_loopback(registry: &str) -> bool {
 /// A client bound to one registry and its credentials.
 pub struct RegistryClient {
     client: Client,
+    /// Plain HTTP client for capped manifest GETs (same timeouts and TLS as `client`).
+    http: std::result::Result<reqwest::Client, String>,
+    plain_http: bool,
     auth: RegistryAuth,
     registry: String,
 }
@@ -58,22 +65,39 @@ impl RegistryClient {
         } else {
             ClientProtocol::Https
         };
+        let (connect_timeout, read_timeout) = (
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(120),
+        );
         let client = Client::new(ClientConfig {
             protocol,
             platform_resolver: None,
-            connect_timeout: Some(std::time::Duration::from_secs(30)),
-            read_timeout: Some(std::time::Duration::from_secs(120)),
+            connect_timeout: Some(connect_timeout),
+            read_timeout: Some(read_timeout),
             ..Default::default()
         });
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(read_timeout)
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"));
         let auth = options
             .auth
             .clone()
             .unwrap_or_else(|| crate::auth::credentials_for(&registry));
         RegistryClient {
             client,
+            http,
+            plain_http,
             auth,
             registry,
         }
+    }
+
+    /// A client failure while doing `action` on `reference`, classified (unreachable,
+    /// TLS, not found, authentication, other).
+    fn fail(&self, reference: &Reference, action: &str, e: &OciDistributionError) -> OciError {
+        registry_failure(&self.registry, &reference.whole(), action, e)
     }
 
     fn err(&self, e: impl std::fmt::Display) -> OciError {
@@ -83,35 +107,83 @@ impl RegistryClient {
         }
     }
 
-    async fn authenticate(&self, reference: &Reference, op: RegistryOperation) -> Result<()> {
+    /// Authenticates for `op` on `reference`; returns the bearer token if the registry
+    /// uses the token flow.
+    async fn authenticate(
+        &self,
+        reference: &Reference,
+        op: RegistryOperation,
+    ) -> Result<Option<String>> {
         self.client
             .auth(reference, &self.auth, op)
             .await
-            .map(|_| ())
-            .map_err(|e| self.err(format!("authentication failed: {e} (set VOIDBOX_REGISTRY_USERNAME/VOIDBOX_REGISTRY_PASSWORD or log in with docker)")))
+            .map_err(|e| match self.fail(reference, "authenticating", &e) {
+                // The /v2/ probe only fails for auth reasons when it says so.
+                OciError::Registry { registry, message } => OciError::AuthenticationFailed {
+                    registry,
+                    detail: message,
+                },
+                other => other,
+            })
     }
 
     /// Fetches the manifest (or index) `reference` points to, verified against its digest,
-    /// and stores it. Returns its digest and bytes.
+    /// and stores it. Returns its digest and bytes. Documents past [`MAX_MANIFEST_BYTES`]
+    /// are refused without being buffered ([`crate::manifest_fetch`]).
     pub async fn fetch_manifest(
         &self,
         store: &Store,
         reference: &Reference,
     ) -> Result<(Digest, Vec<u8>)> {
-        self.authenticate(reference, RegistryOperation::Pull)
+        let token = self
+            .authenticate(reference, RegistryOperation::Pull)
             .await?;
-        let (data, _header_digest) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, ACCEPTED_MANIFESTS)
-            .await
-            .map_err(|e| self.err(format!("fetching manifest of {}: {e}", reference.whole())))?;
+        let http = self.http.as_ref().map_err(|e| self.err(e))?;
+        let url = self.manifest_url(reference);
+        let request = http
+            .get(&url)
+            .header(http::header::ACCEPT, ACCEPTED_MANIFESTS.join(", "));
+        let request = match (&token, &self.auth) {
+            (Some(token), _) | (None, RegistryAuth::Bearer(token)) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let data = match get_capped(request, &url, MAX_MANIFEST_BYTES).await {
+            CappedGet::Body(data) => data,
+            CappedGet::Failed(e) => return Err(self.fail(reference, "fetching the manifest", &e)),
+            CappedGet::TooLarge(size) => {
+                return Err(too_large(
+                    format!("manifest of {}", reference.whole()),
+                    size,
+                    MAX_MANIFEST_BYTES,
+                ))
+            }
+        };
         let digest = Digest::of(&data);
         if let Some(pinned) = reference.digest() {
             let pinned = Digest::parse(pinned)?;
             pinned.verify(&format!("manifest of {}", reference.whole()), &data)?;
         }
         store.put_blob_bytes(&data, Some(&digest))?;
-        Ok((digest, data.to_vec()))
+        Ok((digest, data))
+    }
+
+    /// The distribution-spec URL of `reference`'s manifest.
+    fn manifest_url(&self, reference: &Reference) -> String {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        let target = match reference.digest() {
+            Some(digest) => digest,
+            None => reference.tag().unwrap_or("latest"),
+        };
+        let namespace = reference
+            .namespace()
+            .map(|ns| format!("?ns={ns}"))
+            .unwrap_or_default();
+        format!(
+            "{scheme}://{}/v2/{}/manifests/{target}{namespace}",
+            self.registry,
+            reference.repository()
+        )
     }
 
     /// Downloads every listed blob not yet in the store, streaming to temp files and
@@ -149,7 +221,7 @@ impl RegistryClient {
             .client
             .pull_blob_stream(reference, digest_text.as_str())
             .await
-            .map_err(|e| self.err(format!("fetching blob {digest}: {e}")))?;
+            .map_err(|e| self.fail(reference, &format!("fetching blob {digest}"), &e))?;
         let bar = progress.bar(&digest.hex()[..12], size);
         let mut writer = store.blob_writer()?;
         let mut received: u64 = 0;
@@ -189,7 +261,7 @@ impl RegistryClient {
         target: &Reference,
         top: bool,
     ) -> Result<()> {
-        let data = store.read_blob(manifest)?;
+        let data = store.read_manifest(manifest)?;
         let parsed = parse_manifest(&data, &format!("manifest {manifest}"))?;
         let default_type = match &parsed {
             Manifest::Image(image) => {
@@ -228,7 +300,7 @@ impl RegistryClient {
         self.client
             .push_manifest_raw(&destination, data, content_type)
             .await
-            .map_err(|e| self.err(format!("pushing manifest {manifest}: {e}")))?;
+            .map_err(|e| self.fail(&destination, &format!("pushing manifest {manifest}"), &e))?;
         Ok(())
     }
 
@@ -237,7 +309,7 @@ impl RegistryClient {
             .client
             .blob_exists(target, &digest.to_string())
             .await
-            .map_err(|e| self.err(format!("checking blob {digest}: {e}")))?;
+            .map_err(|e| self.fail(target, &format!("checking blob {digest}"), &e))?;
         if exists {
             return Ok(());
         }
@@ -262,7 +334,7 @@ impl RegistryClient {
         self.client
             .push_blob_stream(target, chunks, &digest.to_string(), Some(size))
             .await
-            .map_err(|e| self.err(format!("pushing blob {digest}: {e}")))?;
+            .map_err(|e| self.fail(target, &format!("pushing blob {digest}"), &e))?;
         Ok(())
     }
 }

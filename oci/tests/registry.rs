@@ -87,7 +87,7 @@ fn pull_repull_offline_and_moved_tag() {
         );
     }
     let err = pull(&store, &reference, &PullOptions::default()).unwrap_err();
-    assert!(matches!(err, OciError::Registry { .. }), "{err}");
+    assert!(matches!(err, OciError::RegistryUnreachable { .. }), "{err}");
     let missing = pull(
         &store,
         "127.0.0.1:1/never/pulled:x",

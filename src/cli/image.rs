@@ -37,6 +37,7 @@ impl ResolveArgs {
             },
             progress: true,
             limits: UnpackLimits::default(),
+            build_disk: true,
         })
     }
 }
@@ -143,7 +144,7 @@ pub fn run(cmd: ImageCommand) -> Result<()> {
                 );
             };
             let manifest: serde_json::Value =
-                serde_json::from_slice(&store.read_blob(&record.manifest)?)?;
+                serde_json::from_slice(&store.read_manifest(&record.manifest)?)?;
             let config_digest = manifest["config"]["digest"]
                 .as_str()
                 .context("manifest has no config digest")?;

@@ -207,7 +207,7 @@ mod tests {
                 x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
                 junk.push((x >> 16) as u8);
             }
-            if junk.len() >= 4 && x % 3 == 0 {
+            if junk.len() >= 4 && x.is_multiple_of(3) {
                 // A plausible length now and then, so bodies get parsed too.
                 let len = (junk.len() as u32 - 4).max(5);
                 junk[..4].copy_from_slice(&len.to_le_bytes());

@@ -108,6 +108,8 @@ pub fn resolve(
         if options.policy == PullPolicy::Always {
             options.policy = PullPolicy::IfMissing;
         }
+        // Kernel + initramfs are read from the layer; an ext4 disk would go unused.
+        options.build_disk = false;
         let image = voidbox_oci::pull_blocking(store, &source, &options)
             .map_err(|e| Error::Image(format!("cannot get guest image `{reference}`: {e}")))?;
         let (kernel, initramfs) = unpack_guest(store, home, &image.manifest)?;
@@ -147,8 +149,10 @@ pub fn unpack_guest(store: &Store, home: &Path, manifest: &Digest) -> Result<(Pa
     }
     let bad =
         |reason: String| Error::Image(format!("guest image {manifest}: {reason}; {BUILD_HINT}"));
+    // Keeps `prune`/`rm` from removing the blobs while they are read.
+    let _shared = store.lock_shared().map_err(|e| bad(e.to_string()))?;
     let data = store
-        .read_blob(manifest)
+        .read_manifest(manifest)
         .map_err(|e| bad(format!("manifest not in the store ({e})")))?;
     let Manifest::Image(image) =
         parse_manifest(&data, &manifest.to_string()).map_err(|e| bad(e.to_string()))?
@@ -293,6 +297,8 @@ pub fn build(store: &Store, home: &Path, opts: &BuildOptions) -> Result<BuiltGue
         .map_err(|e| Error::host(format!("cannot read {}", kernel.vmlinux().display()), e))?;
 
     let oci = |e: voidbox_oci::OciError| Error::Image(e.to_string());
+    // Held while writing blobs and the ref so `prune`/`rm` cannot remove them midway.
+    let _shared = store.lock_shared().map_err(oci)?;
     let mut layer = LayerWriter::new(store).map_err(oci)?;
     layer.add_file(KERNEL_PATH, 0o644, &vmlinux).map_err(oci)?;
     layer
@@ -341,4 +347,74 @@ pub fn build(store: &Store, home: &Path, opts: &BuildOptions) -> Result<BuiltGue
         agent: agent_path,
         initramfs_bytes: initramfs.len() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a guest image (fake kernel/initramfs bytes: nothing boots here) into an
+    /// OCI layout at `dir` tagged `tag`; returns its manifest digest.
+    fn guest_layout(dir: &Path, tag: &str) -> Digest {
+        let src_dir = tempfile::tempdir().unwrap();
+        let src = Store::open(src_dir.path()).unwrap();
+        let mut layer = LayerWriter::new(&src).unwrap();
+        layer.add_file(KERNEL_PATH, 0o644, b"kernel").unwrap();
+        layer.add_file(INITRAMFS_PATH, 0o644, b"initramfs").unwrap();
+        let layer = layer.finish().unwrap();
+        let settings = ImageSettings::default();
+        let manifest = write_image(&src, &settings, &[layer], &BTreeMap::new()).unwrap();
+        let data = src.read_manifest(&manifest).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&data).unwrap();
+        let blobs = dir.join("blobs/sha256");
+        fs::create_dir_all(&blobs).unwrap();
+        let mut digests = vec![manifest.clone()];
+        digests.push(Digest::parse(doc["config"]["digest"].as_str().unwrap()).unwrap());
+        for l in doc["layers"].as_array().unwrap() {
+            digests.push(Digest::parse(l["digest"].as_str().unwrap()).unwrap());
+        }
+        for d in &digests {
+            fs::copy(src.blob_path(d), blobs.join(d.hex())).unwrap();
+        }
+        fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": manifest.to_string(),
+                "size": data.len(),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }],
+        });
+        fs::write(dir.join("index.json"), index.to_string()).unwrap();
+        manifest
+    }
+
+    #[test]
+    fn guest_image_pull_builds_no_rootfs_disk() {
+        let layout = tempfile::tempdir().unwrap();
+        let manifest = guest_layout(layout.path(), "g");
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path().join("store")).unwrap();
+        let sandbox: voidbox_spec::Sandbox = serde_json::from_value(serde_json::json!({
+            "guest_image": format!("oci:{}:g", layout.path().display()),
+        }))
+        .unwrap();
+        let boot = resolve(&store, home.path(), &sandbox, &PullOptions::default()).unwrap();
+        assert_eq!(fs::read(&boot.kernel).unwrap(), b"kernel");
+        assert_eq!(fs::read(&boot.initramfs).unwrap(), b"initramfs");
+        assert!(
+            boot.source.contains(&manifest.to_string()),
+            "{}",
+            boot.source
+        );
+        assert!(
+            !store.disk_path(&manifest).exists(),
+            "an unused ext4 disk was built for the guest image"
+        );
+        // Cached: resolved again from the store alone, still without a disk.
+        let again = resolve(&store, home.path(), &sandbox, &PullOptions::default()).unwrap();
+        assert_eq!(again, boot);
+        assert!(!store.disk_path(&manifest).exists());
+    }
 }

@@ -174,15 +174,42 @@ pub fn lane_config(shared: &Path) -> LaneConfig {
     cfg
 }
 
-/// The launcher for this host, or `None` (after printing why) when QEMU is missing.
+/// Tries to install QEMU (`apt-get install -y qemu-system-x86`); the error says why not.
+pub fn install_qemu() -> Result<(), String> {
+    let out = Command::new("apt-get")
+        .args(["install", "-y", "-q", "qemu-system-x86"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "apt-get install qemu-system-x86 failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The launcher for this host. When QEMU is missing it is installed first; `None` (after
+/// printing why) only when that fails.
 pub fn launcher(shared: &Path) -> Option<Launcher> {
-    match Launcher::for_host(|| lane_config(shared)) {
-        Ok(l) => Some(l),
-        Err(voidbox::lane::LaneError::Missing { what, fix }) if what.starts_with("QEMU") => {
-            eprintln!("SKIP: {what} is missing and cannot be installed by the test: {fix}");
-            None
+    let mut tried_install = false;
+    loop {
+        match Launcher::for_host(|| lane_config(shared)) {
+            Ok(l) => return Some(l),
+            Err(voidbox::lane::LaneError::Missing { what, .. })
+                if what.starts_with("QEMU") && !tried_install =>
+            {
+                tried_install = true;
+                if let Err(why) = install_qemu() {
+                    eprintln!("SKIP: {what} is missing and cannot be installed: {why}");
+                    return None;
+                }
+            }
+            Err(e) => panic!("cannot start the launcher: {e}"),
         }
-        Err(e) => panic!("cannot start the launcher: {e}"),
     }
 }
 

@@ -27,6 +27,7 @@ pub use refs::RefRecord;
 
 use crate::digest::Digest;
 use crate::error::{IoContext, OciError, Result};
+use crate::manifest::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
 
 /// A handle on the store directory. Cheap to open; several handles (threads or processes)
 /// may use one directory at once.
@@ -112,10 +113,33 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
-    /// Reads a whole (small) blob and checks its digest.
+    /// Reads a whole small blob (a manifest, index or config) and checks its digest.
+    /// Blobs past [`MAX_CONFIG_BYTES`] are refused; see [`Store::read_blob_capped`].
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_blob_capped(digest, MAX_CONFIG_BYTES)
+    }
+
+    /// Reads a manifest or index blob (at most [`MAX_MANIFEST_BYTES`]) and checks its digest.
+    pub fn read_manifest(&self, digest: &Digest) -> Result<Vec<u8>> {
+        self.read_blob_capped(digest, MAX_MANIFEST_BYTES)
+    }
+
+    /// Reads a whole blob of at most `cap` bytes and checks its digest; a larger blob is
+    /// refused without reading it into memory.
+    pub fn read_blob_capped(&self, digest: &Digest, cap: u64) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let data = std::fs::read(&path).at(&path)?;
+        let file = std::fs::File::open(&path).at(&path)?;
+        let mut data = Vec::new();
+        // Reading one byte past the cap tells "exactly cap" from "more".
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, cap + 1), &mut data).at(&path)?;
+        if data.len() as u64 > cap {
+            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(cap + 1);
+            return Err(OciError::DocumentTooLarge {
+                what: format!("blob {digest}"),
+                size,
+                cap,
+            });
+        }
         digest.verify(&path.display().to_string(), &data)?;
         Ok(data)
     }
@@ -308,5 +332,27 @@ mod tests {
         std::fs::write(store.blob_path(&d), b"evil").unwrap();
         assert!(store.read_blob(&d).is_err());
         assert_eq!(store.check().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn small_blob_reads_are_capped() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::open(root.path()).unwrap();
+        let exact = store.put_blob_bytes(b"12345678", None).unwrap();
+        assert_eq!(store.read_blob_capped(&exact, 8).unwrap(), b"12345678");
+        match store.read_blob_capped(&exact, 7) {
+            Err(OciError::DocumentTooLarge {
+                size: 8, cap: 7, ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        let big = store
+            .put_blob_bytes(&vec![b' '; MAX_MANIFEST_BYTES as usize + 1], None)
+            .unwrap();
+        assert!(matches!(
+            store.read_manifest(&big),
+            Err(OciError::DocumentTooLarge { .. })
+        ));
+        assert!(store.read_blob(&big).is_ok(), "configs may be larger");
     }
 }
