@@ -102,6 +102,8 @@ fn start_pid1(initramfs: &Path, name: &str, disks: &[(&str, &str)]) -> Pid1 {
         "--mount",
         "--pid",
         "--fork",
+        // A failing test kills unshare; its PID 1 must not outlive it.
+        "--kill-child",
         "--propagation",
         "private",
         "--root",

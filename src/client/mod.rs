@@ -24,7 +24,7 @@ mod handshake;
 mod mux;
 
 pub use error::ClientError;
-pub use exec::{ExecHandle, ExecOutput};
+pub use exec::{ExecHandle, ExecOutput, ExecStdin};
 pub use voidbox_guest_agent::protocol::auth::Secret;
 pub use voidbox_guest_agent::protocol::{
     ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize, UserSpec,
@@ -219,4 +219,4 @@ impl Drop for Client {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -56,14 +56,16 @@ fn remove_cgroup_tree(p: &Path) {
     }
 }
 
-struct Agent {
-    client: Client,
+/// An in-process agent service on a Unix socket pair, with a connected client
+/// (also used by the runtime's tests).
+pub(crate) struct Agent {
+    pub(crate) client: Client,
     secret: Secret,
     service: Service,
     _cg: TestCgroup,
 }
 
-fn agent_with(f: impl FnOnce(&mut BootData)) -> Agent {
+pub(crate) fn agent_with(f: impl FnOnce(&mut BootData)) -> Agent {
     let secret = Secret::generate();
     let mut data = BootData::new(&secret);
     f(&mut data);
@@ -86,7 +88,7 @@ fn connect(service: &Service, secret: &Secret) -> Result<Client, ClientError> {
     Client::over(Box::new(b), secret, Duration::from_secs(5))
 }
 
-fn req(argv: &[&str]) -> ExecRequest {
+pub(crate) fn req(argv: &[&str]) -> ExecRequest {
     ExecRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
@@ -428,4 +430,78 @@ fn wrong_secret_is_rejected_and_workload_cannot_read_the_agent() {
     assert_ne!(out.status.code, Some(0));
     assert!(out.stdout.is_empty());
     assert!(!String::from_utf8_lossy(&out.stdout).contains(&a.secret.to_hex()));
+}
+
+#[test]
+fn stdin_streams_from_another_thread_while_output_is_read() {
+    let a = agent_with(|_| {});
+    let mut r = req(&["cat"]);
+    r.stdin = true;
+    let mut h = a.client.exec(r).unwrap();
+    let stdin = h.take_stdin().expect("the request asked for stdin");
+    assert!(h.take_stdin().is_none(), "stdin is handed out once");
+    let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+    let feeder = std::thread::spawn(move || -> Result<(), String> {
+        stdin.write(b"first\n").map_err(|e| e.to_string())?;
+        // `cat` must echo the first chunk while stdin is still open.
+        seen_rx
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| "the first chunk's echo never arrived before stdin was closed")?;
+        let clone = stdin.clone();
+        clone.write(b"second\n").map_err(|e| e.to_string())?;
+        clone.close().map_err(|e| e.to_string())?;
+        // Writing after close is an error, not a silent drop.
+        match stdin.write(b"late") {
+            Err(_) => Ok(()),
+            Ok(()) => Err("a write after close succeeded".into()),
+        }
+    });
+    let mut out = Vec::new();
+    let mut signalled = false;
+    let status = h
+        .wait_with(
+            |d| {
+                out.extend_from_slice(d);
+                if !signalled && out.starts_with(b"first\n") {
+                    signalled = true;
+                    let _ = seen_tx.send(());
+                }
+            },
+            |_| {},
+            Some(Duration::from_secs(30)),
+        )
+        .unwrap();
+    feeder.join().unwrap().unwrap();
+    assert_eq!(status.code, Some(0));
+    assert_eq!(out, b"first\nsecond\n");
+
+    // Dropping every clone of the stdin handle closes stdin too.
+    let mut r = req(&["cat"]);
+    r.stdin = true;
+    let mut h = a.client.exec(r).unwrap();
+    let stdin = h.take_stdin().unwrap();
+    std::thread::spawn(move || {
+        stdin.write(b"bye\n").unwrap();
+    });
+    let mut out = Vec::new();
+    let st = h
+        .wait_with(
+            |d| out.extend_from_slice(d),
+            |_| {},
+            Some(Duration::from_secs(30)),
+        )
+        .unwrap();
+    assert_eq!((out.as_slice(), st.code), (&b"bye\n"[..], Some(0)));
+
+    // A writer blocked on a process that exited without reading is released.
+    let mut r = req(&["true"]);
+    r.stdin = true;
+    let mut h = a.client.exec(r).unwrap();
+    let stdin = h.take_stdin().unwrap();
+    let writer = std::thread::spawn(move || stdin.write(&vec![0u8; 8 << 20]));
+    let st = h
+        .wait_with(|_| {}, |_| {}, Some(Duration::from_secs(30)))
+        .unwrap();
+    assert_eq!(st.code, Some(0));
+    let _ = writer.join().unwrap();
 }

@@ -48,13 +48,15 @@ pub fn l2_main(args: &[String]) -> i32 {
         [cmd] if cmd == "serve" => server::serve(),
         [cmd, port, uds, vport, secs] if cmd == "relay" => {
             let (Ok(vport), Ok(secs)) = (vport.parse::<u32>(), secs.parse::<u64>()) else {
-                eprintln!("lane relay: VSOCK_PORT and TIMEOUT_SECS must be numbers");
+                tracing::error!("lane relay: VSOCK_PORT and TIMEOUT_SECS must be numbers");
                 return 2;
             };
             relay::relay(port, Path::new(uds), vport, Duration::from_secs(secs))
         }
         _ => {
-            eprintln!("usage: serve | relay PORT_NAME L2_UDS VSOCK_PORT TIMEOUT_SECS");
+            tracing::error!(
+                "lane-l2 usage: serve | relay PORT_NAME L2_UDS VSOCK_PORT TIMEOUT_SECS"
+            );
             2
         }
     }

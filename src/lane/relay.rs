@@ -68,7 +68,7 @@ pub fn relay(port_name: &str, uds: &Path, vsock_port: u32, timeout: Duration) ->
     match relay_inner(port_name, uds, vsock_port, timeout) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("voidbox lane relay: {e}");
+            tracing::error!("lane relay: {e}");
             1
         }
     }
@@ -84,7 +84,8 @@ fn relay_inner(
     let port = vport::open_port(&dev)?;
     vport::wait_host_connected(&port, timeout)?;
     let sock = connect_vsock(uds, vsock_port, timeout)?;
-    // Tell the launcher (which reads our stdout) that the guest side is connected.
+    // Tell the launcher (which reads our stdout) that the guest side is connected: this line
+    // is part of the relay protocol, not a log message.
     println!(
         "RELAY-CONNECTED {port_name} -> {}:{vsock_port}",
         uds.display()

@@ -23,7 +23,7 @@ type Writer = Arc<Mutex<File>>;
 fn send(w: &Writer, kind: u8, id: u32, payload: &[u8]) {
     let mut f = w.lock().unwrap_or_else(|e| e.into_inner());
     if let Err(e) = protocol::write_frame(&mut *f, kind, id, payload) {
-        eprintln!("voidbox lane server: write to control port: {e}");
+        tracing::warn!("lane server: write to control port: {e}");
     }
 }
 
@@ -32,7 +32,7 @@ pub fn serve() -> i32 {
     match serve_inner() {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("voidbox lane server: {e}");
+            tracing::error!("lane server: {e}");
             1
         }
     }
@@ -83,7 +83,7 @@ fn serve_inner() -> std::io::Result<()> {
                     unsafe { libc::kill(-pid, sig) };
                 }
             }
-            other => eprintln!("voidbox lane server: unknown frame kind {other}"),
+            other => tracing::warn!("lane server: unknown frame kind {other}"),
         }
     }
     Ok(())

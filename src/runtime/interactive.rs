@@ -11,7 +11,7 @@ use super::error::{Error, Result};
 use super::events::{Event, EventSink};
 use super::session::RunContext;
 use super::workflow::{copy_inputs, copy_outputs};
-use crate::client::{ClientError, ErrorCode, ExecRequest, PtySize};
+use crate::client::{Client, ClientError, ErrorCode, ExecRequest, ExitStatus, PtySize};
 
 /// Discards events: exec and shell print the command's own output only.
 struct Quiet;
@@ -31,9 +31,8 @@ fn exec_error(e: ClientError, what: &str) -> Error {
     }
 }
 
-/// Runs `argv` in the spec's sandbox. With `stdin` the host's stdin is read
-/// to its end and fed to the command (its output then arrives when it ends);
-/// otherwise output streams as it is produced.
+/// Runs `argv` in the spec's sandbox, output streamed as it is produced.
+/// With `stdin` the host's stdin is streamed to the command as it is read.
 pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Result<i32> {
     if let Some(allow) = &spec.sandbox.allow_commands {
         if let Some(program) = argv.first() {
@@ -62,40 +61,27 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
         ..Default::default()
     };
     let what = format!("`{}`", argv.join(" "));
-    let status = if stdin {
-        let mut data = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut data)
-            .map_err(|e| Error::host("cannot read stdin", e))?;
-        let out = vm
-            .client()
-            .exec_collect(req, &data, None)
-            .map_err(|e| exec_error(e, &what))?;
-        let _ = std::io::stdout().write_all(&out.stdout);
-        let _ = std::io::stderr().write_all(&out.stderr);
-        out.status
-    } else {
-        let handle = vm.client().exec(req).map_err(|e| exec_error(e, &what))?;
-        handle
-            .wait_with(
-                |d| {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(d);
-                    let _ = out.flush();
-                },
-                |d| {
-                    let _ = std::io::stderr().write_all(d);
-                },
-                None,
-            )
-            .map_err(|e| {
-                if ctx.cancel.is_cancelled() {
-                    Error::Interrupted
-                } else {
-                    exec_error(e, &what)
-                }
-            })?
-    };
+    let host_stdin = stdin.then(std::io::stdin);
+    let status = stream_exec(
+        vm.client(),
+        req,
+        host_stdin,
+        |d| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(d);
+            let _ = out.flush();
+        },
+        |d| {
+            let _ = std::io::stderr().write_all(d);
+        },
+    )
+    .map_err(|e| {
+        if ctx.cancel.is_cancelled() {
+            Error::Interrupted
+        } else {
+            exec_error(e, &what)
+        }
+    })?;
     copy_outputs(
         &vm,
         &plan,
@@ -111,6 +97,43 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
         )));
     }
     Ok(status.shell_code())
+}
+
+/// Runs `req` with output streamed to the callbacks as it arrives; with
+/// `stdin` (the request must ask for stdin), its bytes are fed from a thread
+/// of their own and stdin is closed at its end. The thread is detached: it
+/// may stay blocked reading a host stdin that never ends after the process
+/// exited, and then ends with this process.
+pub(crate) fn stream_exec<R: Read + Send + 'static>(
+    client: &Client,
+    req: ExecRequest,
+    stdin: Option<R>,
+    on_stdout: impl FnMut(&[u8]),
+    on_stderr: impl FnMut(&[u8]),
+) -> std::result::Result<ExitStatus, ClientError> {
+    let mut handle = client.exec(req)?;
+    if let (Some(mut input), Some(writer)) = (stdin, handle.take_stdin()) {
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match input.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if writer.write(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!("reading stdin for the command: {e}");
+                        break;
+                    }
+                }
+            }
+            let _ = writer.close();
+        });
+    }
+    handle.wait_with(on_stdout, on_stderr, None)
 }
 
 /// Puts the terminal in raw mode until dropped.
@@ -214,4 +237,52 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
     copy_outputs(&vm, &plan, &mut Quiet, &ctx.cancel, true)?;
     vm.shutdown()?;
     Ok(status.shell_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::{agent_with, req};
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    /// `voidbox exec` with piped stdin: the command's output arrives while
+    /// the host's stdin is still open (`cat` echoes the first chunk before
+    /// the second is written), and the end of stdin ends the command.
+    #[test]
+    fn exec_streams_piped_stdin_and_output_as_they_come() {
+        let a = agent_with(|_| {});
+        let (mut host_end, command_stdin) = UnixStream::pair().unwrap();
+        let (seen_tx, seen_rx) = std::sync::mpsc::channel::<()>();
+        let feeder = std::thread::spawn(move || -> std::result::Result<(), String> {
+            host_end.write_all(b"first\n").map_err(|e| e.to_string())?;
+            seen_rx
+                .recv_timeout(Duration::from_secs(20))
+                .map_err(|_| "no output before stdin was closed")?;
+            host_end.write_all(b"second\n").map_err(|e| e.to_string())?;
+            // Dropping the socket is the end of stdin.
+            Ok(())
+        });
+        let mut r = req(&["cat"]);
+        r.stdin = true;
+        let mut out = Vec::new();
+        let mut signalled = false;
+        let status = stream_exec(
+            &a.client,
+            r,
+            Some(command_stdin),
+            |d| {
+                out.extend_from_slice(d);
+                if !signalled && out.starts_with(b"first\n") {
+                    signalled = true;
+                    let _ = seen_tx.send(());
+                }
+            },
+            |_| {},
+        )
+        .unwrap();
+        feeder.join().unwrap().unwrap();
+        assert_eq!(status.code, Some(0));
+        assert_eq!(out, b"first\nsecond\n");
+    }
 }

@@ -183,54 +183,39 @@ fn run_step(
     let host_limit = Some(limit + HOST_GRACE);
     let name = step.name.clone();
     let mut kept = Vec::new();
-    let status = match stdin {
-        Some(data) => {
-            // Stdin has to be written while output is drained: exec_collect
-            // does both, so this step's output is reported when it ends.
-            let out = client.exec_collect(req, data, host_limit)?;
-            for (stream, bytes) in [(Stream::Stdout, &out.stdout), (Stream::Stderr, &out.stderr)] {
-                if !bytes.is_empty() {
-                    sink.emit(Event::Output {
-                        step: name.clone(),
-                        stream,
-                        data: String::from_utf8_lossy(bytes).into_owned(),
-                    });
-                }
-            }
-            if keep_stdout {
-                kept = out.stdout;
-            }
-            out.status
+    let mut handle = client.exec(req)?;
+    let writer = handle.take_stdin();
+    let sink_cell = std::cell::RefCell::new(&mut *sink);
+    let kept_cell = std::cell::RefCell::new(&mut kept);
+    // Stdin is fed from its own thread while the output streams to the sink.
+    let status = std::thread::scope(|scope| {
+        if let (Some(w), Some(data)) = (writer, stdin) {
+            scope.spawn(move || w.write(data).and_then(|_| w.close()));
         }
-        None => {
-            let handle = client.exec(req)?;
-            let sink_cell = std::cell::RefCell::new(&mut *sink);
-            let kept_cell = std::cell::RefCell::new(&mut kept);
-            handle.wait_with(
-                |d| {
-                    if keep_stdout {
-                        let mut k = kept_cell.borrow_mut();
-                        if k.len() + d.len() <= MAX_PIPED_STDOUT {
-                            k.extend_from_slice(d);
-                        }
+        handle.wait_with(
+            |d| {
+                if keep_stdout {
+                    let mut k = kept_cell.borrow_mut();
+                    if k.len() + d.len() <= MAX_PIPED_STDOUT {
+                        k.extend_from_slice(d);
                     }
-                    sink_cell.borrow_mut().emit(Event::Output {
-                        step: name.clone(),
-                        stream: Stream::Stdout,
-                        data: String::from_utf8_lossy(d).into_owned(),
-                    })
-                },
-                |d| {
-                    sink_cell.borrow_mut().emit(Event::Output {
-                        step: name.clone(),
-                        stream: Stream::Stderr,
-                        data: String::from_utf8_lossy(d).into_owned(),
-                    })
-                },
-                host_limit,
-            )?
-        }
-    };
+                }
+                sink_cell.borrow_mut().emit(Event::Output {
+                    step: name.clone(),
+                    stream: Stream::Stdout,
+                    data: String::from_utf8_lossy(d).into_owned(),
+                })
+            },
+            |d| {
+                sink_cell.borrow_mut().emit(Event::Output {
+                    step: name.clone(),
+                    stream: Stream::Stderr,
+                    data: String::from_utf8_lossy(d).into_owned(),
+                })
+            },
+            host_limit,
+        )
+    })?;
     let code = if status.timed_out {
         i32::from(exit_code::TIMEOUT)
     } else {
@@ -330,4 +315,84 @@ pub fn run_steps(
         }
     }
     Ok(first_failure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::tests::agent_with;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Records output and creates `marker` once the step's first line arrives.
+    struct MarkerSink {
+        marker: std::path::PathBuf,
+        out: Vec<(Stream, String)>,
+    }
+
+    impl EventSink for MarkerSink {
+        fn emit(&mut self, event: Event) {
+            if let Event::Output { stream, data, .. } = event {
+                if data.contains("started") {
+                    std::fs::write(&self.marker, b"").unwrap();
+                }
+                self.out.push((stream, data));
+            }
+        }
+    }
+
+    /// A step with stdin_from streams its output while it runs: the step only
+    /// finishes after the host has seen its first line (it waits for a marker
+    /// the sink creates), so output held back until the end would time it out.
+    #[test]
+    fn step_with_stdin_streams_output_while_it_runs() {
+        let a = agent_with(|_| {});
+        let dir = tempfile::tempdir().unwrap();
+        // The workload runs as nobody: let it see the marker.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let marker = dir.path().join("seen");
+        let script = format!(
+            "echo started; while [ ! -e {} ]; do sleep 0.05; done; cat",
+            marker.display()
+        );
+        let step = StepPlan {
+            name: "s".into(),
+            argv: vec!["sh".into(), "-c".into(), script],
+            env: Default::default(),
+            cwd: None,
+            timeout_secs: None,
+            depends_on: Vec::new(),
+            stdin_from: Some("prev".into()),
+            host_env: Vec::new(),
+        };
+        let mut sink = MarkerSink {
+            marker,
+            out: Vec::new(),
+        };
+        let (result, kept) = run_step(
+            &a.client,
+            &step,
+            Some(b"piped\n"),
+            Duration::from_secs(10),
+            true,
+            &mut sink,
+        )
+        .unwrap();
+        assert_eq!(
+            result,
+            StepResult {
+                code: 0,
+                timed_out: false
+            },
+            "output only arrived at the end: {:?}",
+            sink.out
+        );
+        assert_eq!(kept, b"started\npiped\n");
+        let stdout: String = sink
+            .out
+            .iter()
+            .filter(|(s, _)| *s == Stream::Stdout)
+            .map(|(_, d)| d.as_str())
+            .collect();
+        assert_eq!(stdout, "started\npiped\n");
+    }
 }

@@ -2,6 +2,8 @@
 
 use nix::mount::{mount, MsFlags};
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 fn mnt(
@@ -107,15 +109,80 @@ pub fn switch_root(dev: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Mounts a skill disk read-only, nosuid, nodev at `path`.
+/// Opens the directory `path` (absolute) of the current root, creating missing
+/// components, one component at a time and never following a symlink: the
+/// image is untrusted, and a link such as `/skills -> /proc` must not move a
+/// skill mount somewhere else.
+fn open_mount_dir(path: &str) -> io::Result<OwnedFd> {
+    use std::ffi::CString;
+    use std::path::Component;
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    if !path.starts_with('/') {
+        return Err(invalid(format!("`{path}` is not an absolute path")));
+    }
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a NUL-terminated literal path; the fd is checked below.
+    let fd = unsafe { libc::open(c"/".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut walked = String::new();
+    for comp in Path::new(path).components() {
+        let name = match comp {
+            Component::RootDir | Component::CurDir => continue,
+            Component::Normal(n) => n,
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(invalid(format!("`{path}` contains `..`")))
+            }
+        };
+        walked.push('/');
+        walked.push_str(&name.to_string_lossy());
+        let c = CString::new(name.as_bytes())
+            .map_err(|_| invalid(format!("`{path}` contains a NUL byte")))?;
+        // SAFETY: a valid directory fd and a NUL-terminated name.
+        if unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), 0o755) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EEXIST) {
+                return Err(io::Error::new(e.kind(), format!("creating {walked}: {e}")));
+            }
+        }
+        // SAFETY: a valid directory fd and a NUL-terminated name; the fd is checked below.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOTDIR) | Some(libc::ELOOP) => io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{walked} is a symlink or not a directory in the image; \
+                         skills mount only under real directories (pick another `mount` path)"
+                    ),
+                ),
+                _ => io::Error::new(e.kind(), format!("opening {walked}: {e}")),
+            });
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    Ok(dir)
+}
+
+/// Mounts a skill disk read-only, nosuid, nodev at `path`, creating the
+/// directory if the image lacks it (see [`open_mount_dir`]).
 pub fn mount_skill(dev: &str, path: &str, fstype: &str) -> io::Result<()> {
-    mnt(
-        dev,
-        path,
-        fstype,
+    let dir = open_mount_dir(path)?;
+    // Mount on the directory we opened, not on a path the image could swap.
+    let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    mount(
+        Some(dev),
+        target.as_str(),
+        Some(fstype),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )?;
+        None::<&str>,
+    )
+    .map_err(|e| io::Error::other(format!("mount {fstype} {dev} on {path}: {e}")))?;
     tracing::info!("mounted skill {dev} at {path}");
     Ok(())
 }
