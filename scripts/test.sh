@@ -25,4 +25,4 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
-cargo test --workspace -- --test-threads="${VOIDBOX_TEST_THREADS:-2}"
+cargo test --workspace --no-fail-fast -- --test-threads="${VOIDBOX_TEST_THREADS:-2}"
