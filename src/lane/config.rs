@@ -24,7 +24,7 @@ pub struct LaneConfig {
     /// L2 memory in MiB.
     pub mem_mib: u32,
     /// Host directories shared read-write into L2 at the same path (the host `/` is shared
-    /// read-only; L2's `/run` and `/tmp` are private tmpfs).
+    /// read-only; L2's `/run` is a private tmpfs, the host's `/tmp` is shared read-write).
     pub shared_dirs: Vec<PathBuf>,
     /// Number of relay ports (`voidbox.relay.<n>`), each a host Unix socket.
     pub relay_ports: u32,

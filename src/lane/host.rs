@@ -187,6 +187,8 @@ impl Lane {
             .arg("-virtfs")
             .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
             .arg("-virtfs")
+            .arg("local,path=/tmp,mount_tag=hosttmp,security_model=none,multidevs=remap")
+            .arg("-virtfs")
             .arg(format!(
                 "local,path={},mount_tag=lanework,security_model=none,multidevs=remap",
                 wdir.display()

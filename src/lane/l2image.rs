@@ -23,7 +23,10 @@ mount -t 9p -o $O,ro,cache=loose hostroot /host || echo "LANE-L2-ERR mount hostr
 mkdir -p /dev/shm /dev/pts
 mount --bind /dev /host/dev; mount -t proc proc /host/proc; mount -t sysfs sys /host/sys
 mount -t tmpfs shm /host/dev/shm; mount -t devpts pts /host/dev/pts
-mount -t tmpfs run /host/run; mount -t tmpfs tmp /host/tmp
+mount -t tmpfs run /host/run
+# The host's /tmp, writable: checkouts, target dirs and homes often live there. Unix sockets
+# cannot live on 9p, so they go in /run (a private tmpfs).
+mount -t 9p -o $O,rw hosttmp /host/tmp || echo "LANE-L2-ERR mount hosttmp"
 mkdir -p "/host$W"
 mount -t 9p -o $O,rw lanework "/host$W" || echo "LANE-L2-ERR mount lanework $W"
 . "/host$W/l2.env"

@@ -221,10 +221,10 @@ fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))
 }
 
-/// L2 has private `/tmp` and `/run`: a boot file there (outside the shared
-/// home) is linked or copied into the run directory, which L2 sees.
+/// L2 has a private `/run` (the host's `/tmp` is shared): a boot file there
+/// (outside the shared home) is linked or copied into the run directory, which L2 sees.
 fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Result<PathBuf> {
-    let private = path.starts_with("/tmp") || path.starts_with("/run");
+    let private = path.starts_with("/run");
     if path.starts_with(home) || !private {
         return Ok(path.to_path_buf());
     }
