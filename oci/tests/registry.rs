@@ -5,41 +5,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
 
 use common::*;
-use oci_client::Reference;
 use voidbox_oci::writer::{write_image, write_index, ImageSettings, LayerBlob};
 use voidbox_oci::{
-    Digest, ImageSource, OciError, Platform, PullOptions, PullPolicy, RegistryClient,
-    RegistryOptions, Store,
+    Digest, ImageSource, OciError, Platform, PullOptions, PullPolicy, RegistryOptions, Store,
 };
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn push(source: &Store, manifest: &Digest, target: &str, options: &RegistryOptions) {
-    let reference = Reference::from_str(target).unwrap();
-    rt().block_on(RegistryClient::new(&reference, options).push(source, manifest, &reference))
-        .unwrap();
-}
-
-fn pull(
-    store: &Store,
-    reference: &str,
-    options: &PullOptions,
-) -> voidbox_oci::Result<voidbox_oci::PulledImage> {
-    rt().block_on(voidbox_oci::pull(
-        store,
-        &ImageSource::parse(reference).unwrap(),
-        options,
-    ))
-}
 
 #[test]
 fn pull_repull_offline_and_moved_tag() {

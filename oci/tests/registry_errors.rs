@@ -6,41 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::str::FromStr;
 
 use common::*;
 use oci_client::secrets::RegistryAuth;
-use oci_client::Reference;
 use voidbox_oci::manifest::{MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES};
-use voidbox_oci::{
-    Digest, ImageSource, OciError, PullOptions, PullPolicy, RegistryClient, RegistryOptions, Store,
-};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn push(source: &Store, manifest: &Digest, target: &str, options: &RegistryOptions) {
-    let reference = Reference::from_str(target).unwrap();
-    rt().block_on(RegistryClient::new(&reference, options).push(source, manifest, &reference))
-        .unwrap();
-}
-
-fn pull(
-    store: &Store,
-    reference: &str,
-    options: &PullOptions,
-) -> voidbox_oci::Result<voidbox_oci::PulledImage> {
-    rt().block_on(voidbox_oci::pull(
-        store,
-        &ImageSource::parse(reference).unwrap(),
-        options,
-    ))
-}
+use voidbox_oci::{Digest, OciError, PullOptions, PullPolicy, RegistryOptions, Store};
 
 fn fresh_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();

@@ -127,8 +127,9 @@ fn mac_bytes(field: &'static str, s: &str) -> Result<Vec<u8>, AuthError> {
 const HOST_LABEL: &[u8] = b"voidbox-host";
 const GUEST_LABEL: &[u8] = b"voidbox-guest";
 
-/// Host side: the proof to send in `Auth`.
-pub fn host_proof(
+/// The proof one side sends: HMAC over its label, the version and both nonces.
+fn proof(
+    label: &[u8],
     secret: &Secret,
     version: u32,
     guest_nonce: &str,
@@ -137,11 +138,36 @@ pub fn host_proof(
     let g = nonce("nonce", guest_nonce)?;
     let h = nonce("client_nonce", host_nonce)?;
     Ok(hex::encode(
-        secret
-            .mac(HOST_LABEL, version, &g, &h)
-            .finalize()
-            .into_bytes(),
+        secret.mac(label, version, &g, &h).finalize().into_bytes(),
     ))
+}
+
+/// Checks the other side's proof in constant time.
+fn verify(
+    label: &[u8],
+    secret: &Secret,
+    version: u32,
+    guest_nonce: &str,
+    host_nonce: &str,
+    mac: &str,
+) -> Result<(), AuthError> {
+    let g = nonce("nonce", guest_nonce)?;
+    let h = nonce("client_nonce", host_nonce)?;
+    let m = mac_bytes("mac", mac)?;
+    secret
+        .mac(label, version, &g, &h)
+        .verify_slice(&m)
+        .map_err(|_| AuthError::BadMac)
+}
+
+/// Host side: the proof to send in `Auth`.
+pub fn host_proof(
+    secret: &Secret,
+    version: u32,
+    guest_nonce: &str,
+    host_nonce: &str,
+) -> Result<String, AuthError> {
+    proof(HOST_LABEL, secret, version, guest_nonce, host_nonce)
 }
 
 /// Guest side: checks the host's proof in constant time.
@@ -152,13 +178,7 @@ pub fn verify_host_proof(
     host_nonce: &str,
     mac: &str,
 ) -> Result<(), AuthError> {
-    let g = nonce("nonce", guest_nonce)?;
-    let h = nonce("client_nonce", host_nonce)?;
-    let m = mac_bytes("mac", mac)?;
-    secret
-        .mac(HOST_LABEL, version, &g, &h)
-        .verify_slice(&m)
-        .map_err(|_| AuthError::BadMac)
+    verify(HOST_LABEL, secret, version, guest_nonce, host_nonce, mac)
 }
 
 /// Guest side: the proof to send in `AuthOk`.
@@ -168,14 +188,7 @@ pub fn guest_proof(
     guest_nonce: &str,
     host_nonce: &str,
 ) -> Result<String, AuthError> {
-    let g = nonce("nonce", guest_nonce)?;
-    let h = nonce("client_nonce", host_nonce)?;
-    Ok(hex::encode(
-        secret
-            .mac(GUEST_LABEL, version, &g, &h)
-            .finalize()
-            .into_bytes(),
-    ))
+    proof(GUEST_LABEL, secret, version, guest_nonce, host_nonce)
 }
 
 /// Host side: checks the guest's proof in constant time.
@@ -186,13 +199,7 @@ pub fn verify_guest_proof(
     host_nonce: &str,
     mac: &str,
 ) -> Result<(), AuthError> {
-    let g = nonce("nonce", guest_nonce)?;
-    let h = nonce("client_nonce", host_nonce)?;
-    let m = mac_bytes("mac", mac)?;
-    secret
-        .mac(GUEST_LABEL, version, &g, &h)
-        .verify_slice(&m)
-        .map_err(|_| AuthError::BadMac)
+    verify(GUEST_LABEL, secret, version, guest_nonce, host_nonce, mac)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use tar::EntryType;
@@ -534,4 +535,40 @@ pub fn check_rich_disk(disk: &std::path::Path, marker: &str) {
         stat.contains("Device major/minor number: 01:03"),
         "device numbers: {stat}"
     );
+}
+
+/// A tokio runtime for one blocking call into the async registry client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Pushes `manifest` (and its blobs) from `source` to the registry reference `target`.
+pub fn push(
+    source: &Store,
+    manifest: &Digest,
+    target: &str,
+    options: &voidbox_oci::RegistryOptions,
+) {
+    let reference = oci_client::Reference::from_str(target).unwrap();
+    rt().block_on(
+        voidbox_oci::RegistryClient::new(&reference, options).push(source, manifest, &reference),
+    )
+    .unwrap();
+}
+
+/// Pulls `reference` into `store`.
+pub fn pull(
+    store: &Store,
+    reference: &str,
+    options: &voidbox_oci::PullOptions,
+) -> voidbox_oci::Result<voidbox_oci::PulledImage> {
+    rt().block_on(voidbox_oci::pull(
+        store,
+        &voidbox_oci::ImageSource::parse(reference).unwrap(),
+        options,
+    ))
 }
