@@ -4,6 +4,8 @@
 //! and kept in target/example-images and the store. examples/hello.yaml is
 //! run by tests/lane_run.rs.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -33,11 +35,7 @@ fn voidbox(home: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn examples_run_in_microvms() {
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    if !qemu.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "skipping: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-        );
+    if !support::qemu_or_install() {
         return;
     }
     // Shared with tests/lane_run.rs (test binaries run one at a time): one

@@ -5,17 +5,12 @@
 //! (scripts/test.sh does it). All checks share one test so the guest image
 //! is built once.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voidbox");
-
-fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 struct Env {
     home: PathBuf,
@@ -67,10 +62,7 @@ fn step_finished<'a>(ev: &'a [serde_json::Value], step: &str) -> Option<&'a serd
 
 #[test]
 fn workflows_in_real_microvms() {
-    if !qemu_available() {
-        eprintln!(
-            "skipping: qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-        );
+    if !support::qemu_or_install() {
         return;
     }
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");

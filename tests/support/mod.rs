@@ -192,6 +192,26 @@ pub fn install_qemu() -> Result<(), String> {
     }
 }
 
+/// Whether QEMU can run here, installing it first when it is missing; prints why not.
+pub fn qemu_or_install() -> bool {
+    let runs = || {
+        Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if runs() {
+        return true;
+    }
+    let why = match install_qemu() {
+        Ok(()) if runs() => return true,
+        Ok(()) => "installed, but qemu-system-x86_64 still does not run".to_string(),
+        Err(why) => why,
+    };
+    eprintln!("SKIP: qemu-system-x86_64 is missing and cannot be installed: {why}");
+    false
+}
+
 /// The launcher for this host. When QEMU is missing it is installed first; `None` (after
 /// printing why) only when that fails.
 pub fn launcher(shared: &Path) -> Option<Launcher> {
