@@ -258,7 +258,16 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
         ),
         disks: vec![],
         serial: w.join("boot2.log"),
+        kernel: kernel.bzimage(),
         ..boot1.clone()
+    };
+    let boot2 = if std::env::var_os("VBT_DEBUG").is_some() {
+        Boot {
+            cmdline: boot2.cmdline.replace(" quiet ", " earlyprintk=ttyS0 "),
+            ..boot2
+        }
+    } else {
+        boot2
     };
     let vm = launcher.spawn(&vmm_cmd(&boot2)).unwrap();
     let mut relay_out = None;

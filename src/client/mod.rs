@@ -198,7 +198,11 @@ impl Client {
     /// Asks the guest to power off; it acknowledges, then resets.
     pub fn shutdown(&self) -> Result<(), ClientError> {
         match self.request(&Message::Shutdown, DEFAULT_REQUEST_TIMEOUT) {
-            Ok(Message::Done) => Ok(()),
+            // Closing tells the agent its acknowledgement arrived, so it resets at once.
+            Ok(Message::Done) => {
+                self.mux.close();
+                Ok(())
+            }
             // The reset may win the race against the acknowledgement.
             Err(ClientError::Closed(_)) => Ok(()),
             Ok(m) => Err(ClientError::Protocol(format!("expected done, got {m:?}"))),

@@ -6,10 +6,15 @@ use super::{exec, files, ServiceConfig, ServiceError, Transport};
 use crate::protocol::flow::{RecvQueue, SendWindow};
 use crate::protocol::{Channel, ErrorCode, Frame, FrameError, FrameKind, Message, MAX_FRAME_BODY};
 use std::collections::HashMap;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a shutdown waits for the host to close the connection before the reset, so the
+/// acknowledgement leaves the guest first (a reset drops what is still queued in the guest).
+const SHUTDOWN_LINGER: Duration = Duration::from_secs(2);
 
 /// Most streams open at once on one connection.
 pub const MAX_STREAMS: usize = 1024;
@@ -124,6 +129,25 @@ impl Connection {
         result
     }
 
+    /// Waits (at most [`SHUTDOWN_LINGER`]) for the host to close the connection, discarding
+    /// anything it still sends. Runs on the reader thread, so nobody else reads meanwhile.
+    fn linger_until_peer_closes(&self) {
+        let Ok(mut reader) = self.writer.lock().expect("writer lock").try_clone_box() else {
+            return;
+        };
+        if reader.set_read_timeout(Some(SHUTDOWN_LINGER)).is_err() {
+            return;
+        }
+        let deadline = Instant::now() + SHUTDOWN_LINGER;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+
     fn dispatch(self: &Arc<Self>, frame: Frame) -> Result<(), ServiceError> {
         let proto = |s: String| Err(ServiceError::Protocol(s));
         if frame.stream == 0 {
@@ -227,6 +251,7 @@ impl Connection {
                 for s in self.streams.lock().expect("streams lock").values() {
                     s.close();
                 }
+                self.linger_until_peer_closes();
                 (self.config.on_shutdown)();
             }
             Message::Exec(req) => {
