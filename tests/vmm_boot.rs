@@ -1,9 +1,10 @@
-//! Issue 2 end to end: voidbox-vmm boots the stock Debian kernel (ELF vmlinux, PVH entry) with
-//! a test initramfs and the guest itself checks and reports (cmdline, CPUs, memory, disks,
-//! vsock both ways, reset, panic). Runs through the nested lane on hosts without hardware KVM
-//! (one lane start for all boots), directly otherwise. `VOIDBOX_E2E_VMM=qemu-microvm` runs the
-//! same guest under QEMU microvm instead (to check the guest side; exit-status checks are then
-//! skipped).
+//! Issue 2 end to end: voidbox-vmm boots the stock Debian kernel (boot 1: the ELF vmlinux, PVH
+//! entry; boot 2: the bzImage, 64-bit entry) with a test initramfs and the guest itself checks
+//! and reports (cmdline, CPUs, memory, disks, vsock both ways, reset, panic). Runs through the
+//! nested lane on hosts without hardware KVM (one lane start for all boots), directly otherwise.
+//! `VOIDBOX_E2E_VMM=qemu-microvm` runs the same guest under QEMU microvm instead (to check the
+//! guest side; exit-status checks are then skipped). `VOIDBOX_E2E_VERBOSE=1` drops `quiet` and
+//! adds `earlyprintk=ttyS0` in boot 2.
 
 mod support;
 
@@ -244,7 +245,7 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
         list_out.stdout_str().trim()
     );
 
-    // ---- Boot 2: 1 vCPU, host -> guest through the lane relay (lane only), then a panic ----
+    // ---- Boot 2: bzImage, 1 vCPU, host -> guest through the lane relay (lane only), then a panic ----
     let use_relay = matches!(launcher, Launcher::Lane(_)) && !microvm;
     let boot2 = Boot {
         vcpus: 1,
@@ -258,10 +259,12 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
         ),
         disks: vec![],
         serial: w.join("boot2.log"),
+        // The bzImage this time: linux-loader, zero page, 64-bit entry, decompressor, KASLR.
         kernel: kernel.bzimage(),
         ..boot1.clone()
     };
-    let boot2 = if std::env::var_os("VBT_DEBUG").is_some() {
+    // VOIDBOX_E2E_VERBOSE=1: the whole boot on the console (decompressor errors included).
+    let boot2 = if std::env::var_os("VOIDBOX_E2E_VERBOSE").is_some() {
         Boot {
             cmdline: boot2.cmdline.replace(" quiet ", " earlyprintk=ttyS0 "),
             ..boot2

@@ -11,7 +11,7 @@ use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::cpu::paging::write_identity_tables;
 use crate::cpu::regs::EntryMode;
@@ -52,6 +52,14 @@ pub enum BootError {
         /// Loader error.
         detail: String,
     },
+    /// The bzImage needs more guest RAM to decompress than there is.
+    #[error("kernel {path} needs {needed_mib} MiB of guest memory to decompress itself: raise --mem-mib")]
+    KernelTooLarge {
+        /// Path given.
+        path: PathBuf,
+        /// Guest RAM (from address 0) the decompression area reaches, in MiB.
+        needed_mib: u64,
+    },
     /// An initrd is missing or unreadable.
     #[error("cannot read initrd {path}: {source} (check the --initrd path and its permissions)")]
     InitrdRead {
@@ -91,7 +99,8 @@ pub struct LoadedKernel {
     pub pvh_entry: Option<u64>,
     /// 64-bit entry point.
     pub entry64: u64,
-    /// First byte after the kernel image.
+    /// First byte after the kernel image (for a bzImage: after the area it decompresses
+    /// into, which the initrd must stay clear of).
     pub kernel_end: u64,
     /// The bzImage setup header, when booting a bzImage.
     pub setup_header: Option<setup_header>,
@@ -148,14 +157,40 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
     if is_bzimage(&mut file) {
         let r = BzImage::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START)))
             .map_err(load_err)?;
+        // The image only holds the compressed kernel; it decompresses into a larger area
+        // that must be RAM and must not hold the initrd (the decompressor overwrites it).
+        let decompress_end = r
+            .setup_header
+            .map_or(0, |h| bzimage_decompress_end(r.kernel_load.0, &h));
+        if decompress_end > 0 && !mem.address_in_range(GuestAddress(decompress_end - 1)) {
+            return Err(BootError::KernelTooLarge {
+                path: path.to_path_buf(),
+                needed_mib: decompress_end.div_ceil(1 << 20),
+            });
+        }
         return Ok(LoadedKernel {
             pvh_entry: None,
             entry64: r.kernel_load.0 + BZIMAGE_64BIT_ENTRY_OFFSET,
-            kernel_end: r.kernel_end,
+            kernel_end: r.kernel_end.max(decompress_end),
             setup_header: r.setup_header,
         });
     }
     Err(BootError::NotAKernel(path.to_path_buf()))
+}
+
+/// First byte after the area a bzImage loaded at `load` decompresses into. Its 64-bit
+/// entry moves the kernel to `load` rounded up to `kernel_alignment`, at least
+/// `pref_address` (the kernel's LOAD_PHYSICAL_ADDR), and needs `init_size` bytes there.
+/// KASLR may then pick another spot, but only after this area was used.
+fn bzimage_decompress_end(load: u64, hdr: &setup_header) -> u64 {
+    let align = u64::from(hdr.kernel_alignment);
+    let aligned = if align.is_power_of_two() {
+        load.next_multiple_of(align)
+    } else {
+        load
+    };
+    let start = aligned.max(hdr.pref_address);
+    start.saturating_add(u64::from(hdr.init_size))
 }
 
 /// The ELF header's entry point, converted to a physical address the way
@@ -413,6 +448,69 @@ mod tests {
             load_kernel(&m, &bad_elf),
             Err(BootError::KernelLoad { .. })
         ));
+    }
+
+    /// A minimal relocatable bzImage (protocol 2.15) asking for `init_size` bytes from
+    /// `pref_address`, aligned to 2 MiB.
+    fn bzimage(dir: &Path, init_size: u32, pref_address: u64) -> PathBuf {
+        let mut f = vec![0u8; 2 * 512];
+        f[0x1f1] = 1; // setup_sects
+        f[0x1fe..0x200].copy_from_slice(&BOOT_FLAG_MAGIC.to_le_bytes());
+        f[0x202..0x206].copy_from_slice(b"HdrS");
+        f[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        f[0x211] = 0x01; // LOADED_HIGH
+        f[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes());
+        f[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+        f[0x234] = 1; // relocatable_kernel
+        f[0x236..0x238].copy_from_slice(&0x0001u16.to_le_bytes()); // XLF_KERNEL_64
+        f[0x258..0x260].copy_from_slice(&pref_address.to_le_bytes());
+        f[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        f.extend([0xf4u8; 0x400]);
+        let path = dir.join("bzImage");
+        std::fs::write(&path, f).unwrap();
+        path
+    }
+
+    #[test]
+    fn bzimage_decompression_area_is_kept_free_of_the_initrd() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = crate::layout::create_guest_memory(128 << 20).unwrap();
+        // Debian 6.1's values: LOAD_PHYSICAL_ADDR 16 MiB, init_size ~64 MiB.
+        let k = load_kernel(&m, &bzimage(dir.path(), 0x3f9_8000, 0x100_0000)).unwrap();
+        assert_eq!(k.entry64, HIMEM_START + BZIMAGE_64BIT_ENTRY_OFFSET);
+        assert_eq!(k.kernel_end, 0x100_0000 + 0x3f9_8000);
+        // An initrd that would reach into that area is refused, not silently overwritten.
+        let rd = dir.path().join("rd");
+        std::fs::File::create(&rd)
+            .unwrap()
+            .set_len(49 << 20)
+            .unwrap();
+        assert!(matches!(
+            load_initrds(&m, std::slice::from_ref(&rd), k.kernel_end, 128 << 20),
+            Err(BootError::InitrdTooLarge { .. })
+        ));
+        std::fs::File::create(&rd)
+            .unwrap()
+            .set_len(40 << 20)
+            .unwrap();
+        let r = load_initrds(&m, &[rd], k.kernel_end, 128 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(r.addr >= k.kernel_end && r.addr + r.size <= 128 << 20);
+        // Without a preferred address the area starts at the load address rounded up.
+        let k = load_kernel(&m, &bzimage(dir.path(), 0x10_0000, 0)).unwrap();
+        assert_eq!(k.kernel_end, 0x30_0000);
+    }
+
+    #[test]
+    fn bzimage_that_cannot_decompress_in_guest_memory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = load_kernel(&mem(), &bzimage(dir.path(), 0x3f9_8000, 0x100_0000)).unwrap_err();
+        assert!(
+            matches!(e, BootError::KernelTooLarge { needed_mib: 80, .. }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("--mem-mib"));
     }
 
     #[test]
