@@ -1,6 +1,11 @@
 //! The relay inside L2: bridges a virtio-serial port (a host Unix socket on the QEMU side) to
 //! a guest vsock port through the VMM's Unix socket (`CONNECT <port>\n` → `OK <n>\n`,
 //! DESIGN.md §5). One relay carries one connection; the runtime needs only one.
+//!
+//! The host side must not close its socket while its data may still be in flight: QEMU's
+//! socket chardev drops what it has not yet passed to the port when its peer hangs up, and
+//! the guest's end of the connection is not signalled back as EOF. Protocols on a relay end
+//! with an acknowledgement from the guest (the agent protocol does: `Shutdown` → `Done`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Shutdown;

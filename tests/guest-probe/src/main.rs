@@ -13,7 +13,8 @@
 //!                                           guest listens), send SEED_OUT, expect SEED_IN
 //!   uds-listen PATH LEN SEED                listen on PATH (`<uds>_<port>`), accept one,
 //!                                           expect LEN bytes of SEED, answer "OK\n"
-//!   stream SOCKET LEN SEED_OUT SEED_IN       plain Unix stream (a lane relay socket)
+//!   stream SOCKET LEN SEED_OUT SEED_IN       plain Unix stream (a lane relay socket); then
+//!                                           half-closes and waits for the relay's EOF
 //! Host side over AF_VSOCK (QEMU vhost-vsock, for checking the guest image):
 //!   vsock-connect CID PORT LEN SEED_OUT SEED_IN TIMEOUT
 //!   vsock-listen PORT LEN SEED
@@ -277,7 +278,17 @@ fn run(a: &[String]) -> Res<String> {
             );
             let s = UnixStream::connect(&a[1]).map_err(|e| format!("connect {}: {e}", a[1]))?;
             let s2 = s.try_clone().map_err(|e| e.to_string())?;
+            let mut s3 = s.try_clone().map_err(|e| e.to_string())?;
             exchange(s, s2, len, so, si)?;
+            // A lane relay's QEMU socket chardev drops data it has not yet passed to the
+            // guest when its peer hangs up; after a half-close it reads everything, then
+            // closes its end. So half-close and wait for that before exiting.
+            s3.shutdown(std::net::Shutdown::Write)
+                .map_err(|e| format!("shutdown: {e}"))?;
+            s3.set_read_timeout(Some(Duration::from_secs(60)))
+                .map_err(|e| e.to_string())?;
+            let mut sink = [0u8; 4096];
+            while matches!(s3.read(&mut sink), Ok(n) if n > 0) {}
         }
         "uds-listen" | "vsock-listen" => {
             let (len, seed) = (arg(a, 2, "LEN")?, arg(a, 3, "SEED")?);
