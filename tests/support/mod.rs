@@ -51,11 +51,10 @@ if [ -n "$RW" ]; then
 fi
 LEN=$(arg vbt.len)
 if [ -n "$LEN" ]; then
-  /bin/probe vsock-serve 1024 "$LEN" 11 22 > /tmp/serve.out 2>&1 &
-  SERVE=$!
+  # One connection at a time (guest -> host, then host -> guest; the host side retries
+  # CONNECT until the guest listens).
   [ "$(arg vbt.send)" = 0 ] || /bin/probe vsock-send 2 5000 "$LEN" 33 | sed 's/^/VBT /'
-  wait $SERVE
-  sed 's/^/VBT /' /tmp/serve.out
+  /bin/probe vsock-serve 1024 "$LEN" 11 22 2>&1 | sed 's/^/VBT /'
 fi
 if [ "$MODE" = panic ]; then
   P "panicking"
