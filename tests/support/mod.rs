@@ -51,10 +51,13 @@ if [ -n "$RW" ]; then
 fi
 LEN=$(arg vbt.len)
 if [ -n "$LEN" ]; then
-  # One connection at a time (guest -> host, then host -> guest; the host side retries
-  # CONNECT until the guest listens).
+  # Both directions at once on two busy connections (the host side retries CONNECT
+  # until the guest listens): this is what exposed the lost credit update (audit S1).
+  /bin/probe vsock-serve 1024 "$LEN" 11 22 > /tmp/serve.out 2>&1 &
+  SERVE=$!
   [ "$(arg vbt.send)" = 0 ] || /bin/probe vsock-send 2 5000 "$LEN" 33 | sed 's/^/VBT /'
-  /bin/probe vsock-serve 1024 "$LEN" 11 22 2>&1 | sed 's/^/VBT /'
+  wait $SERVE
+  sed 's/^/VBT /' /tmp/serve.out
 fi
 if [ "$MODE" = panic ]; then
   P "panicking"

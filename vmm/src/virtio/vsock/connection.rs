@@ -232,11 +232,17 @@ impl Connection {
                 self.pending |= pending::RST;
             }
         }
-        // Tell the guest about freed space once its view of our window is half used.
+    }
+
+    /// Whether the guest must hear about freed space: its view of our window
+    /// (from the last `fwd_cnt` it was *delivered*) is at least half used and
+    /// we have forwarded more since. Computed afresh on every pass rather than
+    /// latched on one edge, so an update that could not be delivered (no RX
+    /// buffer) is offered again: Linux guests never send CREDIT_REQUEST, so a
+    /// lost update would leave a sender that used its window asleep forever.
+    fn credit_update_due(&self) -> bool {
         let guest_view_used = (self.rx_cnt - self.last_fwd_sent).0;
-        if self.fwd_cnt != self.last_fwd_sent && guest_view_used >= CONN_BUF_SIZE / 2 {
-            self.pending |= pending::CREDIT_UPDATE;
-        }
+        self.fwd_cnt != self.last_fwd_sent && guest_view_used >= CONN_BUF_SIZE / 2
     }
 
     /// The guest shut down one or both directions.
@@ -296,6 +302,9 @@ impl Connection {
             self.credit_requested = true;
             self.pending |= pending::CREDIT_REQUEST;
         }
+        if self.credit_update_due() {
+            self.pending |= pending::CREDIT_UPDATE;
+        }
         let order = [
             (pending::RST, op::RST, 0),
             (pending::REQUEST, op::REQUEST, 0),
@@ -319,8 +328,17 @@ impl Connection {
             && self.peer_credit() == 0
     }
 
+    /// A packet built by [`Connection::header`] reached the guest (it is in a
+    /// used RX buffer): only now does the guest know the credit it carries.
+    pub fn packet_delivered(&mut self, h: &PacketHeader) {
+        self.last_fwd_sent = Wrapping(h.fwd_cnt);
+        // Any packet carries our credit, so no separate update is needed now.
+        self.pending &= !pending::CREDIT_UPDATE;
+        self.control_sent(h.op);
+    }
+
     /// The control packet `op` went out.
-    pub fn control_sent(&mut self, op: u16) {
+    fn control_sent(&mut self, op: u16) {
         let bit = match op {
             op::RST => pending::RST,
             op::REQUEST => pending::REQUEST,
@@ -333,11 +351,9 @@ impl Connection {
         self.pending &= !bit;
     }
 
-    /// A header for a packet to the guest, carrying our current credit.
-    pub fn header(&mut self, guest_cid: u64, op: u16, flags: u32, len: u32) -> PacketHeader {
-        self.last_fwd_sent = self.fwd_cnt;
-        // Any packet carries our credit, so no separate update is needed now.
-        self.pending &= !pending::CREDIT_UPDATE;
+    /// A header for a packet to the guest, carrying our current credit. It has
+    /// no effect on the connection until [`Connection::packet_delivered`].
+    pub fn header(&self, guest_cid: u64, op: u16, flags: u32, len: u32) -> PacketHeader {
         PacketHeader {
             src_cid: HOST_CID,
             dst_cid: guest_cid,
@@ -430,7 +446,7 @@ mod tests {
         let (mut c, mut host) = established();
         assert_eq!(c.next_control(), Some((op::RESPONSE, 0)));
         let h = c.header(3, op::RESPONSE, 0, 0);
-        c.control_sent(op::RESPONSE);
+        c.packet_delivered(&h);
         assert_eq!((h.buf_alloc, h.fwd_cnt), (CONN_BUF_SIZE, 0));
         // Host -> guest: credit is the guest's window minus bytes in flight.
         c.sent_to_guest(1000);
@@ -452,6 +468,30 @@ mod tests {
         assert_eq!(c.next_control(), Some((op::CREDIT_UPDATE, 0)));
         let h = c.header(3, op::CREDIT_UPDATE, 0, 0);
         assert_eq!(h.fwd_cnt, CONN_BUF_SIZE / 2);
+        c.packet_delivered(&h);
+        assert_eq!(c.next_control(), None);
+    }
+
+    #[test]
+    fn undelivered_credit_update_is_offered_again() {
+        let (mut c, mut host) = established();
+        let h = c.header(3, op::RESPONSE, 0, 0);
+        c.packet_delivered(&h);
+        // The guest uses its whole window; the host takes everything.
+        let data = vec![2u8; CONN_BUF_SIZE as usize];
+        let mut bounce = vec![0u8; 64 * 1024];
+        c.recv_from_guest(&mut &data[..], data.len(), &mut bounce)
+            .unwrap();
+        let mut got = vec![0u8; data.len()];
+        std::io::Read::read_exact(&mut host, &mut got).unwrap();
+        // The muxer builds the update but finds no RX buffer: nothing delivered.
+        assert_eq!(c.next_control(), Some((op::CREDIT_UPDATE, 0)));
+        let _ = c.header(3, op::CREDIT_UPDATE, 0, 0);
+        // Next pass: still due, with the full forwarded count.
+        assert_eq!(c.next_control(), Some((op::CREDIT_UPDATE, 0)));
+        let h = c.header(3, op::CREDIT_UPDATE, 0, 0);
+        assert_eq!(h.fwd_cnt, CONN_BUF_SIZE);
+        c.packet_delivered(&h);
         assert_eq!(c.next_control(), None);
     }
 }

@@ -63,14 +63,24 @@ impl Muxer {
             return RxOutcome::Nothing;
         };
         if let Some((op, flags)) = conn.next_control() {
+            // The header's effects (credit told, pending bit cleared) are
+            // committed only once a buffer took it; otherwise it stays due.
             let h = conn.header(guest_cid, op, flags, 0);
             let out = self.write_rx(&h);
-            if let RxOutcome::Sent = out {
-                match self.conns.get_mut(&key) {
-                    Some(_) if op == op::RST => self.remove_conn(key),
-                    Some(c) => c.control_sent(op),
-                    None => {}
+            match out {
+                RxOutcome::Sent if op == op::RST => self.remove_conn(key),
+                RxOutcome::Sent => {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.packet_delivered(&h);
+                    }
                 }
+                RxOutcome::NoBuffer => {
+                    tracing::trace!(
+                        "vsock: control op {op} of port {} waits for an rx buffer",
+                        key.0
+                    );
+                }
+                RxOutcome::Consumed | RxOutcome::Nothing => {}
             }
             return out;
         }
@@ -152,6 +162,9 @@ impl Muxer {
             conn.schedule_rst();
         }
         let used = if ok { (HEADER_SIZE + n) as u32 } else { 0 };
+        if ok {
+            conn.packet_delivered(&h);
+        }
         let _ = self.rxq.add_used(&mem, head, used);
         self.signal = true;
         RxOutcome::Sent

@@ -133,3 +133,37 @@ fn device_reset_and_reactivation() {
     }
     let (_host2, _) = host_connect(&mut g, 301);
 }
+
+/// Audit S1: a credit update that finds no RX buffer must not be lost. A Linux
+/// guest never sends CREDIT_REQUEST, so a sender that used its whole window
+/// would otherwise sleep forever once the host has drained its data.
+#[test]
+fn credit_update_survives_an_empty_rx_ring() {
+    let mut g = Guest::new_without_rx();
+    let listener = UnixListener::bind(unix::port_path(&g.uds, 5000)).unwrap();
+    // Exactly one RX buffer: the RESPONSE uses it, then the ring is empty.
+    let (hdr, data) = (g.drv.alloc(HEADER_SIZE), g.drv.alloc(RX_BUF as usize));
+    g.drv
+        .add_chain(0, &[(hdr, HEADER_SIZE as u32, true), (data, RX_BUF, true)]);
+    g.send(g.header(4000, 5000, op::REQUEST, 0, 0), &[]);
+    g.drv.wait_used(0);
+    let (host, _) = listener.accept().unwrap();
+    let reader = spawn_reader(host, CONN_BUF_SIZE as usize);
+    // The guest uses its whole window in 64 KiB packets, as Linux does.
+    let chunk = pattern(64 * 1024, 5);
+    for _ in 0..CONN_BUF_SIZE as usize / chunk.len() {
+        g.send(g.header(4000, 5000, op::RW, chunk.len() as u32, 0), &chunk);
+    }
+    reader.join().unwrap();
+    // Let the worker run fill_rx with no buffer at least once.
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..RX_CHAINS {
+        // Like Linux's rx worker: refill, then kick.
+        let (h, d) = (g.drv.alloc(HEADER_SIZE), g.drv.alloc(RX_BUF as usize));
+        g.post_rx(h, d);
+    }
+    let (h, _) = g
+        .try_recv(Duration::from_secs(5))
+        .expect("credit update lost: a Linux guest would block forever");
+    assert_eq!((h.op, h.fwd_cnt), (op::CREDIT_UPDATE, CONN_BUF_SIZE));
+}
