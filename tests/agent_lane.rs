@@ -189,7 +189,7 @@ fn agent_in_a_real_guest_survives_hostile_workloads() {
         .tempdir()
         .unwrap();
     let w = work.path();
-    let Some(launcher) = launcher(w) else { return };
+    let launcher = launcher(w);
     let g = boot(&launcher, w, "hostile");
     let c = &g.client;
     let console = || std::fs::read_to_string(&g.serial).unwrap_or_default();
@@ -331,7 +331,7 @@ fn bench_agent_lane() {
         .tempdir()
         .unwrap();
     let w = work.path();
-    let Some(launcher) = launcher(w) else { return };
+    let launcher = launcher(w);
     let g = boot(&launcher, w, "bench");
     let c = &g.client;
     let runs: usize = std::env::var("BENCH_RUNS")

@@ -137,7 +137,7 @@ fn bench_boot() {
     let vmm = vmm_bin();
     let initrd = w.join("initrd.cpio.gz");
     build_test_initramfs(&kernel, &probe_bin(), &initrd);
-    let Some(launcher) = launcher(w) else { return };
+    let launcher = launcher(w);
     let boot = Boot {
         kernel: kernel.vmlinux(),
         initrd,

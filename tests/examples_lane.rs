@@ -35,9 +35,7 @@ fn voidbox(home: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn examples_run_in_microvms() {
-    if !support::qemu_or_install() {
-        return;
-    }
+    support::require_qemu();
     // Shared with tests/lane_run.rs (test binaries run one at a time): one
     // kernel download and one store.
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");

@@ -62,9 +62,7 @@ fn step_finished<'a>(ev: &'a [serde_json::Value], step: &str) -> Option<&'a serd
 
 #[test]
 fn workflows_in_real_microvms() {
-    if !support::qemu_or_install() {
-        return;
-    }
+    support::require_qemu();
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
     let env = Env {
         home,

@@ -194,8 +194,9 @@ pub fn install_qemu() -> Result<(), String> {
     }
 }
 
-/// Whether QEMU can run here, installing it first when it is missing; prints why not.
-pub fn qemu_or_install() -> bool {
+/// QEMU for the nested lane, installed when missing. A test that needs it fails (never
+/// skips) when it cannot be had: a missing prerequisite is a broken setup, not a pass.
+pub fn require_qemu() {
     let runs = || {
         Command::new("qemu-system-x86_64")
             .arg("--version")
@@ -203,35 +204,28 @@ pub fn qemu_or_install() -> bool {
             .is_ok_and(|o| o.status.success())
     };
     if runs() {
-        return true;
+        return;
     }
-    let why = match install_qemu() {
-        Ok(()) if runs() => return true,
-        Ok(()) => "installed, but qemu-system-x86_64 still does not run".to_string(),
-        Err(why) => why,
-    };
-    eprintln!("SKIP: qemu-system-x86_64 is missing and cannot be installed: {why}");
-    false
+    match install_qemu() {
+        Ok(()) if runs() => {}
+        Ok(()) => panic!("qemu-system-x86_64 was installed but does not run"),
+        Err(why) => panic!(
+            "qemu-system-x86_64 is missing and cannot be installed ({why}): run scripts/setup.sh"
+        ),
+    }
 }
 
-/// The launcher for this host. When QEMU is missing it is installed first; `None` (after
-/// printing why) only when that fails.
-pub fn launcher(shared: &Path) -> Option<Launcher> {
-    let mut tried_install = false;
-    loop {
-        match Launcher::for_host(|| lane_config(shared)) {
-            Ok(l) => return Some(l),
-            Err(voidbox::lane::LaneError::Missing { what, .. })
-                if what.starts_with("QEMU") && !tried_install =>
-            {
-                tried_install = true;
-                if let Err(why) = install_qemu() {
-                    eprintln!("SKIP: {what} is missing and cannot be installed: {why}");
-                    return None;
-                }
-            }
-            Err(e) => panic!("cannot start the launcher: {e}"),
+/// The launcher for this host. When QEMU is missing it is installed first; the test fails
+/// when that is impossible.
+pub fn launcher(shared: &Path) -> Launcher {
+    match Launcher::for_host(|| lane_config(shared)) {
+        Ok(l) => l,
+        Err(voidbox::lane::LaneError::Missing { what, .. }) if what.starts_with("QEMU") => {
+            require_qemu();
+            Launcher::for_host(|| lane_config(shared))
+                .unwrap_or_else(|e| panic!("cannot start the launcher: {e}"))
         }
+        Err(e) => panic!("cannot start the launcher: {e}"),
     }
 }
 
