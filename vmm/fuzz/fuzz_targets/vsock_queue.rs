@@ -1,5 +1,5 @@
 //! The vsock device's queue handling: fuzzed TX packets and RX buffers in
-//! guest memory, processed synchronously by the real muxer.
+//! guest memory, processed synchronously by the real device and Unix backend.
 #![no_main]
 
 mod common;
@@ -9,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use voidbox_vmm::virtio::vsock::backend::VsockBackend;
+use voidbox_vmm::virtio::vsock::device::VsockWorker;
 use voidbox_vmm::virtio::vsock::muxer::Muxer;
 use voidbox_vmm::virtio::Interrupt;
 
@@ -43,18 +45,13 @@ fuzz_target!(|data: &[u8]| {
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
         .collect();
     let h = host();
-    let mut muxer = Muxer::new(
-        mem,
-        3,
-        queues,
-        events,
-        Interrupt::new().unwrap(),
-        h.listener.clone(),
-        h.path.clone(),
-    )
-    .unwrap();
+    let backend = Muxer::new(3, h.listener.clone(), h.path.clone()).unwrap();
+    let mut device =
+        VsockWorker::new(mem, queues, events, Interrupt::new().unwrap(), backend).unwrap();
     for _ in 0..3 {
-        muxer.process_queues();
+        device.process_queues();
     }
-    assert!(muxer.connection_count() <= voidbox_vmm::virtio::vsock::muxer::MAX_CONNECTIONS);
+    assert!(
+        device.backend().connection_count() <= voidbox_vmm::virtio::vsock::muxer::MAX_CONNECTIONS
+    );
 });

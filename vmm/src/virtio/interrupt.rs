@@ -1,8 +1,9 @@
 //! The interrupt line of one virtio-mmio device: the InterruptStatus bits the
-//! driver reads and acknowledges, and the EventFd the VMM wires to KVM_IRQFD.
+//! driver reads and acknowledges, the EventFd the VMM wires to KVM_IRQFD, and
+//! the device's "needs reset" flag, which a failed worker raises.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -18,6 +19,7 @@ pub const INT_CONFIG: u32 = 2;
 pub struct Interrupt {
     status: Arc<AtomicU32>,
     event: Arc<EventFd>,
+    failed: Arc<AtomicBool>,
 }
 
 impl Interrupt {
@@ -26,6 +28,7 @@ impl Interrupt {
         Ok(Interrupt {
             status: Arc::new(AtomicU32::new(0)),
             event: Arc::new(EventFd::new(EFD_NONBLOCK)?),
+            failed: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -37,6 +40,18 @@ impl Interrupt {
     /// Tell the driver that the configuration or device status changed.
     pub fn signal_config_change(&self) {
         self.raise(INT_CONFIG);
+    }
+
+    /// The device's worker stopped on an error: the transport reports
+    /// DEVICE_NEEDS_RESET, and the driver hears of it through a config interrupt.
+    pub fn device_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.signal_config_change();
+    }
+
+    /// Whether the device's worker failed since the last reset.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::SeqCst)
     }
 
     fn raise(&self, bit: u32) {
@@ -60,6 +75,7 @@ impl Interrupt {
     /// Clear everything (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);
+        self.failed.store(false, Ordering::SeqCst);
     }
 
     /// The EventFd to register with KVM_IRQFD.

@@ -150,6 +150,9 @@ impl MmioTransport {
 
     /// The device status as the driver reads it.
     pub fn device_status(&self) -> u32 {
+        if self.interrupt.failed() {
+            return self.status | status::DEVICE_NEEDS_RESET;
+        }
         self.status
     }
 
@@ -228,7 +231,7 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size)),
             reg::QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready)),
             reg::INTERRUPT_STATUS => self.interrupt.status(),
-            reg::STATUS => self.status,
+            reg::STATUS => self.device_status(),
             // No shared memory regions: length all-ones means "absent".
             reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
                 u32::MAX

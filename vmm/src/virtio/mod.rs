@@ -9,6 +9,7 @@
 pub mod block;
 mod interrupt;
 pub mod mmio;
+mod queue;
 pub mod vsock;
 mod worker;
 

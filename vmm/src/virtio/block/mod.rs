@@ -106,9 +106,8 @@ impl VirtioDevice for Block {
         let queue = queues.remove(0);
         let queue_event = queue_events.remove(0);
         let disk = self.disk.clone();
-        let handle = WorkerHandle::spawn("virtio-blk", move |stop| {
-            worker::BlockWorker::new(mem, queue, queue_event, interrupt, disk).run(stop)
-        })?;
+        let worker = worker::BlockWorker::new(mem, queue, queue_event, interrupt.clone(), disk);
+        let handle = WorkerHandle::spawn("virtio-blk", worker, interrupt)?;
         self.worker = Some(handle);
         Ok(())
     }

@@ -9,8 +9,14 @@
 //!
 //! Flow control is the virtio credit scheme in both directions, and every
 //! table and buffer is bounded (see [`muxer`]).
+//!
+//! As in Firecracker, the device ([`device`]: queues, interrupt) is split from
+//! its host backend ([`backend::VsockBackend`], implemented by [`muxer`] over
+//! Unix sockets).
 
+pub mod backend;
 pub mod connection;
+pub mod device;
 pub mod muxer;
 pub mod packet;
 pub mod unix;
@@ -90,19 +96,19 @@ impl VirtioDevice for Vsock {
                 got: ctx.queues.len(),
             });
         }
-        let muxer = muxer::Muxer::new(
+        let backend =
+            muxer::Muxer::new(self.guest_cid, self.listener.clone(), self.uds_path.clone())
+                .map_err(Error::Epoll)?;
+        let interrupt = ctx.interrupt.clone();
+        let worker = device::VsockWorker::new(
             ctx.mem,
-            self.guest_cid,
             ctx.queues,
             ctx.queue_events,
             ctx.interrupt,
-            self.listener.clone(),
-            self.uds_path.clone(),
+            backend,
         )
         .map_err(Error::Epoll)?;
-        self.worker = Some(WorkerHandle::spawn("virtio-vsock", move |stop| {
-            muxer.run(stop)
-        })?);
+        self.worker = Some(WorkerHandle::spawn("virtio-vsock", worker, interrupt)?);
         Ok(())
     }
 

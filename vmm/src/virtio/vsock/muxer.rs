@@ -1,5 +1,6 @@
-//! The vsock worker: moves packets between the guest's queues and host Unix
-//! streams, and owns the (bounded) connection table.
+//! The Unix-socket backend of the vsock device: routes guest packets to host
+//! Unix streams and back, and owns the (bounded) connection table. It never
+//! touches a virtio queue (see [`super::device`]).
 //!
 //! Bounds that keep a hostile guest from growing host memory:
 //! at most [`MAX_CONNECTIONS`] connections (including host clients still
@@ -7,23 +8,20 @@
 //! connection, at most [`MAX_PENDING_RST`] queued resets for unknown
 //! connections, and one 64 KiB bounce buffer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueT, Reader};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{Reader, Writer};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::EventFd;
 
+use super::backend::VsockBackend;
 use super::connection::{ConnError, ConnKey, ConnState, Connection};
-use super::packet::{self, op, PacketHeader, HOST_CID, MAX_PKT_LEN, TYPE_STREAM};
+use super::packet::{op, PacketHeader, HOST_CID, MAX_PKT_LEN, TYPE_STREAM};
 use super::unix::{self, ConnectLine, MAX_CONNECT_LINE};
-use crate::virtio::interrupt::Interrupt;
-use crate::virtio::worker::{pop_chain, Pop};
 
 mod rx;
 
@@ -34,11 +32,7 @@ pub const MAX_PENDING_RST: usize = 128;
 /// First port handed to host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
-const TOKEN_STOP: u64 = 0;
-const TOKEN_RX: u64 = 1;
-const TOKEN_TX: u64 = 2;
-const TOKEN_EVENT: u64 = 3;
-const TOKEN_LISTENER: u64 = 4;
+const TOKEN_LISTENER: u64 = 1;
 const FIRST_CONN_TOKEN: u64 = 16;
 
 /// A host client that has not finished its `CONNECT <port>\n` line.
@@ -52,151 +46,49 @@ enum TokenTarget {
     Conn(ConnKey),
 }
 
-/// The vsock worker state.
+/// The Unix-socket backend state.
 pub struct Muxer {
-    mem: GuestMemoryMmap,
     guest_cid: u64,
-    rxq: Queue,
-    txq: Queue,
-    queue_events: Vec<EventFd>,
-    interrupt: Interrupt,
     listener: Arc<UnixListener>,
     uds_path: PathBuf,
+    /// Host-side events: the listener and every host stream that needs watching.
     epoll: Epoll,
-    conns: HashMap<ConnKey, Connection>,
+    /// Ordered, so RX can serve connections round robin.
+    conns: BTreeMap<ConnKey, Connection>,
     pending_host: HashMap<u64, PendingHost>,
     tokens: HashMap<u64, TokenTarget>,
     rst_queue: VecDeque<PacketHeader>,
     next_token: u64,
     next_local_port: u32,
-    rx_rotation: usize,
+    /// The connection that filled the last RX buffer; the next search starts after it.
+    rx_cursor: Option<ConnKey>,
     bounce: Vec<u8>,
-    rx_broken: bool,
-    tx_broken: bool,
-    signal: bool,
 }
 
 impl Muxer {
-    /// Set up the worker; `queues` and `queue_events` are rx, tx, event.
-    pub fn new(
-        mem: GuestMemoryMmap,
-        guest_cid: u64,
-        mut queues: Vec<Queue>,
-        queue_events: Vec<EventFd>,
-        interrupt: Interrupt,
-        listener: Arc<UnixListener>,
-        uds_path: PathBuf,
-    ) -> io::Result<Self> {
-        if queues.len() != 3 || queue_events.len() != 3 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "vsock needs 3 queues",
-            ));
-        }
-        queues.truncate(2);
-        let txq = queues.pop().unwrap_or_default();
-        let rxq = queues.pop().unwrap_or_default();
+    /// A backend for guest `guest_cid`, serving host clients on `listener`
+    /// (bound at `uds_path`) and guest connections to `<uds_path>_<port>`.
+    pub fn new(guest_cid: u64, listener: Arc<UnixListener>, uds_path: PathBuf) -> io::Result<Self> {
         let epoll = Epoll::new()?;
-        for (token, fd) in [
-            (TOKEN_RX, queue_events[0].as_raw_fd()),
-            (TOKEN_TX, queue_events[1].as_raw_fd()),
-            (TOKEN_EVENT, queue_events[2].as_raw_fd()),
-            (TOKEN_LISTENER, listener.as_raw_fd()),
-        ] {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )?;
-        }
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TOKEN_LISTENER),
+        )?;
         Ok(Muxer {
-            mem,
             guest_cid,
-            rxq,
-            txq,
-            queue_events,
-            interrupt,
             listener,
             uds_path,
             epoll,
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             pending_host: HashMap::new(),
             tokens: HashMap::new(),
             rst_queue: VecDeque::new(),
             next_token: FIRST_CONN_TOKEN,
             next_local_port: FIRST_LOCAL_PORT,
-            rx_rotation: 0,
+            rx_cursor: None,
             bounce: vec![0; MAX_PKT_LEN as usize],
-            rx_broken: false,
-            tx_broken: false,
-            signal: false,
         })
-    }
-
-    /// Number of live connections (tests and diagnostics).
-    pub fn connection_count(&self) -> usize {
-        self.conns.len() + self.pending_host.len()
-    }
-
-    /// One synchronous pass without waiting: handle the guest's TX packets,
-    /// fill its RX buffers, raise the interrupt if needed. The worker loop does
-    /// the same between waits; the fuzz targets call this directly.
-    pub fn process_queues(&mut self) {
-        self.process_tx();
-        self.fill_rx();
-        self.update_interests();
-        if self.signal {
-            self.signal = false;
-            self.interrupt.signal_used_queue();
-        }
-    }
-
-    /// Run until `stop` becomes readable.
-    pub fn run(mut self, stop: EventFd) {
-        if let Err(e) = self.epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, TOKEN_STOP),
-        ) {
-            tracing::error!("vsock: cannot watch stop event: {e}");
-            return;
-        }
-        let mut events = vec![EpollEvent::default(); 32];
-        let mut more = self.process_tx();
-        loop {
-            self.fill_rx();
-            self.update_interests();
-            if self.signal {
-                self.signal = false;
-                self.interrupt.signal_used_queue();
-            }
-            let n = match self.epoll.wait(if more { 0 } else { -1 }, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::error!("vsock: epoll wait failed: {e}");
-                    return;
-                }
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    TOKEN_STOP => return,
-                    TOKEN_RX => {
-                        let _ = self.queue_events[0].read();
-                    }
-                    TOKEN_TX => {
-                        let _ = self.queue_events[1].read();
-                    }
-                    TOKEN_EVENT => {
-                        // We never post events (no transport reset without snapshots).
-                        let _ = self.queue_events[2].read();
-                    }
-                    TOKEN_LISTENER => self.accept_host_clients(),
-                    token => self.host_event(token, ev.events()),
-                }
-            }
-            more = self.process_tx();
-        }
     }
 
     fn alloc_token(&mut self) -> u64 {
@@ -333,66 +225,7 @@ impl Muxer {
         }
     }
 
-    /// Handle the guest's TX packets. Returns true if the budget ran out.
-    fn process_tx(&mut self) -> bool {
-        if self.tx_broken || !self.txq.ready() {
-            return false;
-        }
-        let budget = usize::from(self.txq.size()) * 2;
-        let mut handled = 0;
-        let mut idle_rounds = 0;
-        loop {
-            if self.txq.disable_notification(&self.mem).is_err() {
-                self.tx_broken = true;
-                return false;
-            }
-            let mut progressed = false;
-            loop {
-                if handled >= budget {
-                    return true;
-                }
-                let mem = self.mem.clone();
-                let chain = match pop_chain(&mut self.txq, &mem) {
-                    Pop::Chain(c) => c,
-                    Pop::Empty => break,
-                    Pop::Broken => {
-                        self.tx_broken = true;
-                        return false;
-                    }
-                };
-                let head = chain.head_index();
-                match chain.reader(&mem) {
-                    Ok(mut reader) => self.handle_tx_packet(&mut reader),
-                    Err(e) => tracing::debug!("vsock: bad tx chain: {e}"),
-                }
-                if self.txq.add_used(&mem, head, 0).is_err() {
-                    tracing::debug!("vsock: cannot return tx descriptor {head}");
-                }
-                self.signal = true;
-                handled += 1;
-                progressed = true;
-            }
-            match self.txq.enable_notification(&self.mem) {
-                Ok(true) if progressed => idle_rounds = 0,
-                Ok(true) if idle_rounds == 0 => idle_rounds += 1,
-                Ok(true) | Err(_) => {
-                    tracing::warn!("vsock: tx ring makes no progress; queue stopped");
-                    self.tx_broken = true;
-                    return false;
-                }
-                Ok(false) => return false,
-            }
-        }
-    }
-
-    fn handle_tx_packet(&mut self, reader: &mut Reader) {
-        let h = match packet::read_tx_header(reader) {
-            Ok(h) => h,
-            Err(e) => {
-                tracing::debug!("vsock: dropping malformed packet: {e}");
-                return;
-            }
-        };
+    fn handle_tx_packet(&mut self, h: PacketHeader, reader: &mut Reader) {
         if h.src_cid != self.guest_cid {
             tracing::debug!(
                 "vsock: dropping packet with spoofed source CID {}",
@@ -522,5 +355,45 @@ impl Muxer {
                 }
             }
         }
+    }
+}
+
+impl VsockBackend for Muxer {
+    fn send_pkt(&mut self, h: &PacketHeader, payload: &mut Reader) {
+        self.handle_tx_packet(*h, payload);
+    }
+
+    fn recv_pkt(&mut self, buf: &mut Writer) -> Option<u32> {
+        self.fill_buffer(buf)
+    }
+
+    fn as_raw_fd(&self) -> RawFd {
+        self.epoll.as_raw_fd()
+    }
+
+    fn notify(&mut self) {
+        let mut events = [EpollEvent::default(); 32];
+        let n = match self.epoll.wait(0, &mut events) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::debug!("vsock: host event poll failed: {e}");
+                return;
+            }
+        };
+        // Level-triggered: events beyond this batch keep our fd readable.
+        for ev in &events[..n] {
+            match ev.data() {
+                TOKEN_LISTENER => self.accept_host_clients(),
+                token => self.host_event(token, ev.events()),
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        self.update_interests();
+    }
+
+    fn connection_count(&self) -> usize {
+        self.conns.len() + self.pending_host.len()
     }
 }
