@@ -4,4 +4,6 @@
 pub mod cli;
 pub mod client;
 pub mod lane;
+pub mod logtail;
+pub mod ownerlock;
 pub mod runtime;

@@ -19,6 +19,10 @@ use super::process::Output;
 use super::protocol::{self, CommandSpec, ReadyInfo};
 use super::relay::RELAY_PORT_PREFIX;
 use super::server::CONTROL_PORT;
+use crate::ownerlock::{sweep_stale, OwnerLock};
+
+/// Lane directories are `<tmp>/voidbox-lane-XXXXXX`.
+pub const LANE_DIR_PREFIX: &str = "voidbox-lane-";
 
 /// State shared by the lane, its reader thread and every [`LaneProcess`].
 pub(super) struct Shared {
@@ -57,10 +61,7 @@ impl Shared {
 
 /// The last `n` lines of a log file (empty if unreadable).
 pub fn tail_lines(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
+    crate::logtail::tail_lines(path, n).join("\n")
 }
 
 fn find_program(p: &Path) -> Option<PathBuf> {
@@ -81,6 +82,7 @@ pub struct Lane {
     shared: Arc<Shared>,
     qemu: Mutex<Child>,
     work: Option<tempfile::TempDir>,
+    _work_lock: OwnerLock,
     info: ReadyInfo,
     l2_program: Vec<String>,
     relay_ports: u32,
@@ -129,10 +131,14 @@ impl Lane {
             }
         };
         let parent = cfg.work_parent.clone().unwrap_or_else(std::env::temp_dir);
+        // Lane directories of voidbox processes that died (SIGKILL, OOM) go first.
+        sweep_stale(&parent, LANE_DIR_PREFIX);
         let work = tempfile::Builder::new()
-            .prefix("voidbox-lane-")
+            .prefix(LANE_DIR_PREFIX)
             .tempdir_in(&parent)
             .map_err(|e| LaneError::io(format!("create lane dir in {}", parent.display()), e))?;
+        let work_lock =
+            OwnerLock::take(work.path()).map_err(|e| LaneError::io("lock the lane dir", e))?;
         let wdir = work.path().to_path_buf();
         let initrd = wdir.join("l2.cpio");
         super::l2image::build(&kernel, &cfg.busybox, &initrd)?;
@@ -320,6 +326,7 @@ impl Lane {
             shared,
             qemu: Mutex::new(lane_qemu.take().expect("child")),
             work: Some(work),
+            _work_lock: work_lock,
             info,
             l2_program: cfg.l2_program.clone(),
             relay_ports: cfg.relay_ports,

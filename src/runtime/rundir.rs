@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use super::error::{Error, Result};
+use crate::ownerlock::{sweep_stale, OwnerLock};
 
 /// Where voidbox keeps its state: `$VOIDBOX_HOME`, default `~/.cache/voidbox`.
 pub fn voidbox_home() -> PathBuf {
@@ -20,19 +21,23 @@ pub fn voidbox_home() -> PathBuf {
     base.join("voidbox")
 }
 
-/// A run directory; deleted on drop.
+/// A run directory; deleted on drop. While it exists its owner lock is held,
+/// so a later voidbox removes it if this process dies without cleaning up.
 #[derive(Debug)]
 pub struct RunDir {
     dir: Option<tempfile::TempDir>,
     path: PathBuf,
+    _lock: OwnerLock,
 }
 
 impl RunDir {
-    /// Creates `<home>/run/<name>-XXXXXX` with mode 0700.
+    /// Creates `<home>/run/<name>-XXXXXX` with mode 0700, first removing the
+    /// run directories of voidbox processes that died.
     pub fn create(home: &Path, name: &str) -> Result<Self> {
         let parent = home.join("run");
         fs::create_dir_all(&parent)
             .map_err(|e| Error::host(format!("cannot create {}", parent.display()), e))?;
+        sweep_stale(&parent, "");
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir_in(&parent)
@@ -44,10 +49,13 @@ impl RunDir {
             })?;
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::host("cannot make the run directory private", e))?;
+        let lock = OwnerLock::take(dir.path())
+            .map_err(|e| Error::host("cannot lock the run directory", e))?;
         let path = dir.path().to_path_buf();
         Ok(RunDir {
             dir: Some(dir),
             path,
+            _lock: lock,
         })
     }
 
@@ -106,17 +114,9 @@ fn prune_logs(dir: &Path) {
     }
 }
 
-/// The last `n` lines of a console log (for boot errors).
+/// The last `n` lines of a console log (for boot errors), read from its end only.
 pub fn log_tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(bytes) = fs::read(path) else {
-        return Vec::new();
-    };
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.trim_end_matches('\r').to_string())
-        .collect()
+    crate::logtail::tail_lines(path, n)
 }
 
 #[cfg(test)]

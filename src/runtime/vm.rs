@@ -305,7 +305,13 @@ impl Vm {
                 let stderr = fs::File::create(&vmm_stderr)
                     .map_err(|e| Error::host("cannot create the VMM log", e))?;
                 let mut cmd = Command::new(&vmm_bin);
-                cmd.arg("--config")
+                // The VMM gets no secrets from our environment (API keys, agent sockets).
+                cmd.env_clear();
+                if let Some(log) = std::env::var_os("VOIDBOX_VMM_LOG") {
+                    cmd.env("VOIDBOX_VMM_LOG", log);
+                }
+                cmd.arg("--exit-with-parent")
+                    .arg("--config")
                     .arg(&cfg_path)
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -357,6 +363,7 @@ impl Vm {
                 let vmm = lane
                     .spawn(&CommandSpec::new([
                         vmm_bin.display().to_string(),
+                        "--exit-with-parent".into(),
                         "--config".into(),
                         cfg_path.display().to_string(),
                     ]))
@@ -399,20 +406,8 @@ impl Vm {
     /// A boot error naming the console log and showing its last lines.
     pub fn boot_error(&self, message: impl Into<String>) -> Error {
         let mut message = message.into();
-        if let Ok(stderr) = fs::read_to_string(&self.vmm_stderr) {
-            let stderr = stderr.trim();
-            if !stderr.is_empty() {
-                for line in stderr
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                {
-                    message.push_str(&format!("\n  voidbox-vmm: {line}"));
-                }
-            }
+        for line in log_tail(&self.vmm_stderr, 5) {
+            message.push_str(&format!("\n  voidbox-vmm: {line}"));
         }
         Error::Boot {
             message,

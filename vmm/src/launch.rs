@@ -17,6 +17,7 @@ use crate::boot::{self, BootError};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
 use crate::devices::console::ConsoleSink;
 use crate::host::{self, HostError};
+use crate::logcap::{CappedWriter, CONSOLE_LOG_CAP};
 use crate::slots::{self, Slot, MAX_SLOTS};
 use crate::virtio::{Block, MmioTransport, VirtioDevice, Vsock};
 use crate::vm::{Machine, VmError, VmOutcome};
@@ -86,7 +87,11 @@ fn console_sink(serial: &SerialOutput) -> Result<ConsoleSink, Error> {
                     path: path.clone(),
                     source,
                 })?;
-            ConsoleSink::File(LineWriter::new(f))
+            ConsoleSink::File(CappedWriter::new(
+                LineWriter::new(f),
+                CONSOLE_LOG_CAP,
+                "\n[voidbox-vmm: console log capped; later output is not kept]\n",
+            ))
         }
     })
 }

@@ -13,6 +13,8 @@ pub mod devices;
 pub mod host;
 pub mod launch;
 pub mod layout;
+pub mod logcap;
+pub mod parent;
 pub mod slots;
 mod vcpu;
 pub mod virtio;

@@ -64,6 +64,11 @@ struct Cli {
     /// Serial console (ttyS0) destination: stdout, off, or a file path.
     #[arg(long, value_name = "stdout|off|PATH", default_value = "stdout")]
     serial: SerialOutput,
+
+    /// Stop the VM (exit 1) as soon as the process that started voidbox-vmm
+    /// exits, however it ends (crash, SIGKILL). Combines with --config.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 impl Cli {
@@ -100,11 +105,19 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("VOIDBOX_VMM_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(voidbox_vmm::logcap::capped_stderr)
         .with_target(false)
         .without_time()
         .init();
     let cli = Cli::parse();
+    if cli.exit_with_parent {
+        if let Err(e) = voidbox_vmm::parent::exit_with_parent() {
+            eprintln!(
+                "voidbox-vmm: error: cannot watch the parent process (--exit-with-parent): {e}"
+            );
+            return ExitCode::from(exit_code::VMM_ERROR as u8);
+        }
+    }
     let result = cli.into_config().and_then(|c| Ok(voidbox_vmm::run(&c)?));
     let code = match result {
         Ok(outcome) => {

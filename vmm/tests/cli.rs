@@ -80,6 +80,7 @@ fn help_explains_every_flag() {
         "--cid",
         "--serial",
         "--config",
+        "--exit-with-parent",
         "Exit status",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
@@ -460,4 +461,47 @@ fn serial_goes_to_stdout_by_default() {
         stderr(&o)
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "to-stdout\n");
+}
+
+/// Audit D3: with --exit-with-parent the VM stops when whoever started it is
+/// SIGKILLed (no cleanup code runs in the parent).
+#[test]
+fn exit_with_parent_stops_the_vm_when_the_parent_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = elf_payload(dir.path(), "hlt.elf", &[0xf4, 0xeb, 0xfd]); // hlt forever
+    let mut parent = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --exit-with-parent --kernel \"$1\" --serial off & echo $!; wait")
+        .arg(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .arg(&k)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let vmm_pid: u32 = line.trim().parse().unwrap();
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{vmm_pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    // The VM runs (hlt loop) while its parent lives.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(alive(), "the VMM should still run");
+    parent.kill().unwrap();
+    parent.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VMM outlived its parent"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

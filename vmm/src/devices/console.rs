@@ -13,6 +13,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
 use super::{ExitEvent, ExitSender, PanicSource};
+use crate::logcap::CappedWriter;
 
 /// COM1 base port.
 pub const COM1_PORT: u16 = 0x3f8;
@@ -42,7 +43,8 @@ pub enum ConsoleSink {
     /// The VMM's stdout.
     Stdout,
     /// A file (flushed per line).
-    File(LineWriter<File>),
+    /// A file, cut at [`crate::logcap::CONSOLE_LOG_CAP`] bytes.
+    File(CappedWriter<LineWriter<File>>),
     /// Nowhere.
     Off,
 }
@@ -178,7 +180,7 @@ impl BusDevice for SerialConsole {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&b), Ok(off)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.uart.write(off, b) {
-                tracing::warn!("serial write failed: {e:?}");
+                crate::guest_warn!("serial write failed: {e:?}");
             }
         }
     }

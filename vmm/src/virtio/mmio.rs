@@ -170,7 +170,7 @@ impl MmioTransport {
         let value = if data.len() == 4 && offset.is_multiple_of(4) {
             self.read_register(offset)
         } else {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte read at {offset:#x} ignored (registers are 32-bit)",
                 data.len()
             );
@@ -190,7 +190,7 @@ impl MmioTransport {
             return;
         }
         if data.len() != 4 || !offset.is_multiple_of(4) {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: {}-byte write at {offset:#x} ignored (registers are 32-bit)",
                 data.len()
             );
@@ -268,7 +268,7 @@ impl MmioTransport {
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & status::DRIVER == 0 || self.status & status::FEATURES_OK != 0 {
-            tracing::warn!("virtio-mmio: driver features written outside feature negotiation");
+            crate::guest_warn!("virtio-mmio: driver features written outside feature negotiation");
             self.set_needs_reset();
             return;
         }
@@ -280,7 +280,7 @@ impl MmioTransport {
             // Feature words beyond 64 bits: we offer none there, accept only zero.
             _ if value == 0 => {}
             _ => {
-                tracing::warn!("virtio-mmio: driver acked unoffered features beyond bit 63");
+                crate::guest_warn!("virtio-mmio: driver acked unoffered features beyond bit 63");
                 self.set_needs_reset();
             }
         }
@@ -290,7 +290,7 @@ impl MmioTransport {
     /// still change it (before QueueReady and before DRIVER_OK).
     fn write_queue(&mut self, apply: impl FnOnce(&mut QueueConfig)) {
         if self.status & status::DRIVER_OK != 0 {
-            tracing::warn!("virtio-mmio: queue configuration written after DRIVER_OK");
+            crate::guest_warn!("virtio-mmio: queue configuration written after DRIVER_OK");
             self.set_needs_reset();
             return;
         }
@@ -298,22 +298,22 @@ impl MmioTransport {
         match self.queues.get_mut(sel as usize) {
             Some(q) if !q.ready => apply(q),
             Some(_) => {
-                tracing::warn!("virtio-mmio: queue {sel} configuration written while ready");
+                crate::guest_warn!("virtio-mmio: queue {sel} configuration written while ready");
                 self.set_needs_reset();
             }
-            None => tracing::warn!("virtio-mmio: configuration of absent queue {sel} ignored"),
+            None => crate::guest_warn!("virtio-mmio: configuration of absent queue {sel} ignored"),
         }
     }
 
     fn write_queue_ready(&mut self, value: u32) {
         if self.status & status::DRIVER_OK != 0 {
-            tracing::warn!("virtio-mmio: QueueReady written after DRIVER_OK");
+            crate::guest_warn!("virtio-mmio: QueueReady written after DRIVER_OK");
             self.set_needs_reset();
             return;
         }
         let sel = self.queue_sel as usize;
         let Some(q) = self.queues.get(sel).copied() else {
-            tracing::warn!("virtio-mmio: QueueReady of absent queue {sel} ignored");
+            crate::guest_warn!("virtio-mmio: QueueReady of absent queue {sel} ignored");
             return;
         };
         if value == 0 {
@@ -323,7 +323,7 @@ impl MmioTransport {
         match q.to_queue(&self.mem) {
             Ok(_) => self.queues[sel].ready = true,
             Err(why) => {
-                tracing::warn!("virtio-mmio: queue {sel} rejected: {why}");
+                crate::guest_warn!("virtio-mmio: queue {sel} rejected: {why}");
                 self.set_needs_reset();
             }
         }
@@ -335,10 +335,10 @@ impl MmioTransport {
         match self.queue_events.get(index as usize) {
             Some(evt) => {
                 if let Err(e) = evt.write(1) {
-                    tracing::warn!("virtio-mmio: cannot signal queue {index}: {e}");
+                    crate::guest_warn!("virtio-mmio: cannot signal queue {index}: {e}");
                 }
             }
-            None => tracing::warn!("virtio-mmio: notify of absent queue {index} ignored"),
+            None => crate::guest_warn!("virtio-mmio: notify of absent queue {index} ignored"),
         }
     }
 
@@ -352,13 +352,15 @@ impl MmioTransport {
         let value = (value & !status::DEVICE_NEEDS_RESET) | needs_reset;
         let old = self.status;
         if value & old != old {
-            tracing::warn!("virtio-mmio: status {old:#x} -> {value:#x} clears bits without reset");
+            crate::guest_warn!(
+                "virtio-mmio: status {old:#x} -> {value:#x} clears bits without reset"
+            );
             self.set_needs_reset();
             return;
         }
         let added = value & !old;
         if added & status::FAILED != 0 {
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: driver reported FAILED for device type {}",
                 self.device.device_type()
             );
@@ -370,7 +372,7 @@ impl MmioTransport {
         ];
         for (bit, prerequisite) in requires {
             if added & bit != 0 && value & prerequisite == 0 {
-                tracing::warn!("virtio-mmio: status bit {bit:#x} set before {prerequisite:#x}");
+                crate::guest_warn!("virtio-mmio: status bit {bit:#x} set before {prerequisite:#x}");
                 self.set_needs_reset();
                 return;
             }
@@ -378,7 +380,7 @@ impl MmioTransport {
         let mut value = value;
         if added & status::FEATURES_OK != 0 && !self.features_acceptable() {
             // Leaving FEATURES_OK clear tells the driver we refuse (virtio 1.x §3.1.1).
-            tracing::warn!(
+            crate::guest_warn!(
                 "virtio-mmio: refusing features {:#x} (offered {:#x}, VERSION_1 required)",
                 self.acked_features,
                 self.device.avail_features()
@@ -410,7 +412,7 @@ impl MmioTransport {
                 match cfg.to_queue(&self.mem) {
                     Ok(q) => q,
                     Err(why) => {
-                        tracing::warn!("virtio-mmio: queue {i} invalid at DRIVER_OK: {why}");
+                        crate::guest_warn!("virtio-mmio: queue {i} invalid at DRIVER_OK: {why}");
                         self.set_needs_reset();
                         return;
                     }

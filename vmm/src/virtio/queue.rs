@@ -29,7 +29,7 @@ pub(crate) fn pop_chain<'m>(queue: &mut Queue, mem: &'m GuestMemoryMmap) -> Pop<
             None => Pop::Empty,
         },
         Err(e) => {
-            tracing::warn!("virtio: queue unusable: {e}");
+            crate::guest_warn!("virtio: queue unusable: {e}");
             Pop::Broken
         }
     }
@@ -91,7 +91,7 @@ where
             let head = chain.head_index();
             let len = process(chain);
             if let Err(e) = queue.add_used(mem, head, len) {
-                tracing::warn!("virtio: cannot return descriptor {head}: {e}");
+                crate::guest_warn!("virtio: cannot return descriptor {head}: {e}");
             }
             out.handled += 1;
             progressed = true;
@@ -102,7 +102,7 @@ where
             Ok(true) if idle_rounds == 0 => idle_rounds += 1,
             Ok(true) | Err(_) => {
                 // The avail index moved but nothing could be popped twice: corrupted ring.
-                tracing::warn!("virtio: avail ring makes no progress; queue stopped");
+                crate::guest_warn!("virtio: avail ring makes no progress; queue stopped");
                 out.broken = true;
                 return out;
             }

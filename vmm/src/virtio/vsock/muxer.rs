@@ -258,7 +258,7 @@ impl Muxer {
                 let len = h.len as usize;
                 if let Err(e) = conn.recv_from_guest(reader, len, &mut self.bounce) {
                     match e {
-                        ConnError::CreditViolation => tracing::warn!(
+                        ConnError::CreditViolation => crate::guest_warn!(
                             "vsock: guest port {} exceeded its credit; resetting",
                             h.src_port
                         ),

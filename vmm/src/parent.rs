@@ -1,0 +1,55 @@
+//! Dying with the parent: with `--exit-with-parent` the VMM watches the
+//! process that started it through a pidfd and exits as soon as it is gone,
+//! so a crashed or SIGKILLed `voidbox` never leaves a VM running. A pidfd
+//! watches the whole process; `PR_SET_PDEATHSIG` would fire when the
+//! spawning *thread* ends, which in a daemon can be any worker thread.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Start watching the parent process; exit the VMM when it ends.
+pub fn exit_with_parent() -> io::Result<()> {
+    // SAFETY: getppid(2) has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, ppid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: as above.
+    if unsafe { libc::getppid() } != ppid {
+        // Reparented before the pidfd existed: the parent is already gone.
+        parent_gone();
+    }
+    std::thread::Builder::new()
+        .name("parent-watch".into())
+        .spawn(move || {
+            let mut pfd = libc::pollfd {
+                fd: pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            loop {
+                // SAFETY: one valid pollfd for the duration of the call.
+                let rc = unsafe { libc::poll(&mut pfd, 1, -1) };
+                if rc > 0 {
+                    parent_gone();
+                }
+                if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(
+                        "cannot watch the parent process: {}",
+                        io::Error::last_os_error()
+                    );
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn parent_gone() -> ! {
+    tracing::error!("the process that started this VM exited; stopping the VM");
+    std::process::exit(crate::exit_code::VMM_ERROR)
+}
