@@ -7,7 +7,32 @@
 # Run scripts/setup.sh once first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-step() { printf '\n==> %s\n' "$*"; }
+# Each part is timed; the summary at the end (also on failure) says where the time went.
+TIMES=()
+PART=""
+PART_START=$SECONDS
+end_part() {
+  [ -n "$PART" ] && TIMES+=("$(printf '%5ds  %s' $((SECONDS - PART_START)) "$PART")")
+  PART=""
+}
+step() {
+  end_part
+  PART="$*"
+  PART_START=$SECONDS
+  printf '\n==> %s\n' "$*"
+}
+TEST_LOG=""
+summary() {
+  end_part
+  printf '\n==> time per part (total %ds)\n' "$SECONDS"
+  printf '%s\n' "${TIMES[@]}"
+  if [ -n "$TEST_LOG" ] && [ -f "$TEST_LOG" ]; then
+    printf '\n==> time per test binary (seconds)\n'
+    awk '/^ *Running /{name=$2} /^ *Doc-tests /{name="doc-tests " $2} /^test result:/{for(i=1;i<=NF;i++) if($i=="in"){t=$(i+1); sub("s$","",t); printf "%8s  %s\n", t, name}}' "$TEST_LOG" | sort -rn
+    rm -f "$TEST_LOG"
+  fi
+}
+trap summary EXIT
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 
 step "cargo fmt --check"
@@ -25,4 +50,5 @@ step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test --workspace"
-cargo test --workspace --no-fail-fast -- --test-threads="${VOIDBOX_TEST_THREADS:-2}"
+TEST_LOG=$(mktemp)
+cargo test --workspace --no-fail-fast -- --test-threads="${VOIDBOX_TEST_THREADS:-2}" 2>&1 | tee "$TEST_LOG"

@@ -249,4 +249,69 @@ workflow:
         .filter(|c| c.contains(&home) || c.contains("sleeper-"))
         .collect();
     assert!(stray.is_empty(), "stray processes: {stray:?}");
+
+    // 8. SIGKILL (no cleanup code runs): the VM and the lane die with voidbox, and the
+    //    next start removes the run and lane directories it left (audit D3).
+    let lane_dirs = || -> Vec<PathBuf> {
+        std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("voidbox-lane-"))
+            .map(|e| e.path())
+            .collect()
+    };
+    let lanes_before = lane_dirs();
+    let spec = env.spec(
+        "killed.yaml",
+        "api_version: v1\nkind: workflow\nname: killed\nworkflow:\n  steps:\n    - {name: sleep, shell: 'sleep 300'}\n",
+    );
+    let mut child = Command::new(BIN)
+        .args(["run", "--json", "--file", &spec])
+        .env("VOIDBOX_HOME", &env.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+        .map_while(Result::ok)
+        .any(|line| line.contains("\"step_started\""));
+    assert!(started, "the sleep step started");
+    let left_behind: Vec<PathBuf> = lane_dirs()
+        .into_iter()
+        .filter(|d| !lanes_before.contains(d))
+        .collect();
+    assert_eq!(left_behind.len(), 1, "one lane directory for the run");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let stray: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(&home) || c.contains("killed-"))
+            .collect();
+        if stray.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes outlived the killed voidbox: {stray:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(env.run_dirs_left(), 1, "SIGKILL left its run directory");
+    let o = env.voidbox(&["run", "--file", hello.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(
+        env.run_dirs_left(),
+        0,
+        "the next run swept the stale run directory"
+    );
+    assert!(
+        !left_behind[0].exists(),
+        "the next run swept the stale lane directory {}",
+        left_behind[0].display()
+    );
 }
