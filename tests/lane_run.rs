@@ -314,4 +314,40 @@ workflow:
         "the next run swept the stale lane directory {}",
         left_behind[0].display()
     );
+
+    // 9. A guest that hangs (its /init sleeps, no agent ever answers) meets the boot
+    //    timeout: a boot error naming the console log, and nothing left behind.
+    let mut hang = voidbox_guest_image::initramfs::Initramfs::new();
+    hang.add_dir("bin", 0o755).unwrap();
+    hang.add_file_from("bin/busybox", 0o755, Path::new("/bin/busybox"))
+        .unwrap();
+    hang.add_file(
+        "init",
+        0o755,
+        b"#!/bin/busybox sh\necho VOIDBOX-HANG-INIT\nexec /bin/busybox sleep 100000\n".to_vec(),
+    )
+    .unwrap();
+    let hang_path = env.work.path().join("hang.cpio");
+    std::fs::write(&hang_path, hang.to_newc()).unwrap();
+    let spec = env.spec(
+        "hang.yaml",
+        &format!(
+            "api_version: v1\nkind: workflow\nname: hang\nsandbox:\n  kernel: {}\n  initramfs: {}\nworkflow:\n  steps: [{{name: a, shell: 'true'}}]\n",
+            home_guest.join("vmlinux").display(),
+            hang_path.display()
+        ),
+    );
+    let o = env.voidbox(&["run", "--boot-timeout", "45", "--file", &spec]);
+    assert_eq!(o.status.code(), Some(123));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("did not answer"), "{e}");
+    assert!(
+        e.contains("VOIDBOX-HANG-INIT"),
+        "the console tail is shown: {e}"
+    );
+    assert_eq!(
+        env.run_dirs_left(),
+        0,
+        "no run directory after a boot timeout"
+    );
 }
