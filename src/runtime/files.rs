@@ -327,8 +327,9 @@ fn unpack_entries(
     Ok(total)
 }
 
-/// Writes one file from the guest as `dest/<name>`.
-pub fn write_file_into(data: &[u8], dest: &Path, name: &str, mode: u32) -> Result<u64> {
+/// Writes one file from the guest as `dest/<name>`, streaming from `data`;
+/// a partial file is removed on failure.
+pub fn write_file_into(mut data: impl Read, dest: &Path, name: &str, mode: u32) -> Result<u64> {
     let rel = clean_relative(Path::new(name), name)?;
     if rel.components().count() != 1 {
         return Err(Error::Host(format!("bad output file name `{name}`")));
@@ -344,9 +345,14 @@ pub fn write_file_into(data: &[u8], dest: &Path, name: &str, mode: u32) -> Resul
         .custom_flags(libc::O_NOFOLLOW)
         .open(&target)
         .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
-    file.write_all(data)
-        .map_err(|e| Error::host(format!("cannot write {}", target.display()), e))?;
-    Ok(data.len() as u64)
+    match std::io::copy(&mut data, &mut file).and_then(|n| file.flush().map(|()| n)) {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            drop(file);
+            let _ = fs::remove_file(&target);
+            Err(Error::host(format!("cannot write {}", target.display()), e))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -527,8 +533,8 @@ mod tests {
     #[test]
     fn single_file_output() {
         let d = tempfile::tempdir().unwrap();
-        write_file_into(b"abc", d.path(), "r.txt", 0o640).unwrap();
+        write_file_into(&b"abc"[..], d.path(), "r.txt", 0o640).unwrap();
         assert_eq!(fs::read(d.path().join("r.txt")).unwrap(), b"abc");
-        assert!(write_file_into(b"x", d.path(), "../x", 0o644).is_err());
+        assert!(write_file_into(&b"x"[..], d.path(), "../x", 0o644).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Running a plan in a booted VM: inputs in, steps in dependency order
 //! (stdin_from, per-step and whole-run time limits), outputs out, even after
-//! a failed step.
+//! a failed step. Inputs are copied within the run's deadline; outputs get a
+//! budget of `sandbox.timeout_secs` of their own, are staged on disk under
+//! `sandbox.max_output_mb`, and only then unpacked.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,12 +15,27 @@ use super::files;
 use super::plan::{Plan, StepPlan};
 use super::schedule::{Next, Schedule};
 use super::vm::Vm;
-use crate::client::{Client, ClientError, ErrorCode, ExecRequest, FileKind, UserSpec};
+use crate::client::{
+    Client, ClientError, ErrorCode, ExecRequest, FileKind, TransferLimits, UserSpec,
+};
+use voidbox_spec::Output;
 
 /// Largest stdout kept for a later step's stdin.
 pub const MAX_PIPED_STDOUT: usize = 64 << 20;
 /// Extra time the host waits past a guest-side step limit before giving up.
 const HOST_GRACE: Duration = Duration::from_secs(15);
+/// A transfer in which the guest makes no progress for this long fails.
+pub const TRANSFER_STALL: Duration = Duration::from_secs(60);
+
+/// Transfer limits that end at `deadline`, with the plan's output cap.
+fn transfer_limits(plan: &Plan, deadline: Instant) -> TransferLimits {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    TransferLimits {
+        timeout,
+        stall: TRANSFER_STALL.min(timeout),
+        max_bytes: plan.max_output_mb.saturating_mul(1 << 20),
+    }
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +52,21 @@ fn guest_error(cancel: &Cancel, vm: &Vm, what: &str, e: ClientError) -> Error {
     }
     match e {
         ClientError::Closed(_) => vm.boot_error(format!("the VM went away during {what} ({e})")),
+        ClientError::Timeout { .. } => Error::Timeout(format!(
+            "{what}: {e}; the guest stopped answering (raise sandbox.timeout_secs if the copy is just slow)"
+        )),
         other => Error::Host(format!("{what}: {other}")),
     }
 }
 
-/// Copies the plan's inputs into the guest.
-pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Cancel) -> Result<()> {
+/// Copies the plan's inputs into the guest; every copy ends by `deadline`.
+pub fn copy_inputs(
+    vm: &Vm,
+    plan: &Plan,
+    sink: &mut dyn EventSink,
+    cancel: &Cancel,
+    deadline: Instant,
+) -> Result<()> {
     let client = vm.client();
     let (uid, gid) = plan.user_ids();
     let owner = Some(UserSpec { uid, gid });
@@ -53,17 +79,19 @@ pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Canc
         let meta = std::fs::metadata(&input.host).map_err(|e| {
             Error::Host(format!("{what}: cannot read {}: {e}", input.host.display()))
         })?;
+        let limits = transfer_limits(plan, deadline);
         let result = if meta.is_dir() {
-            client.put_dir(&input.host, &input.guest, owner)
+            client.put_dir_with(&input.host, &input.guest, owner, limits)
         } else {
             let mut f = std::fs::File::open(&input.host)
                 .map_err(|e| Error::Host(format!("{what}: {e}")))?;
             use std::os::unix::fs::PermissionsExt;
-            client.put_file(
+            client.put_file_with(
                 &input.guest,
                 &mut f,
                 meta.permissions().mode() & 0o777,
                 owner,
+                limits,
             )
         };
         result.map_err(|e| guest_error(cancel, vm, &format!("copying {what}"), e))?;
@@ -95,7 +123,9 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Copies the plan's outputs to the host. With `best_effort` (the run
-/// already failed) a missing guest path is only reported on stderr.
+/// already failed) a missing guest path is only reported on stderr. All
+/// outputs together get `sandbox.timeout_secs`; each is capped at
+/// `sandbox.max_output_mb`.
 pub fn copy_outputs(
     vm: &Vm,
     plan: &Plan,
@@ -104,41 +134,28 @@ pub fn copy_outputs(
     best_effort: bool,
 ) -> Result<()> {
     let client = vm.client();
+    let deadline = Instant::now() + Duration::from_secs(plan.timeout_secs);
     for (i, output) in plan.outputs.iter().enumerate() {
         let what = format!("sandbox.outputs[{i}] ({})", output.guest);
-        let mut data = Vec::new();
-        let kind = match client.get(&output.guest, &mut data) {
-            Ok(kind) => kind,
-            Err(ClientError::Remote {
+        let limits = transfer_limits(plan, deadline);
+        let bytes = match fetch_output(client, output, &what, limits) {
+            Ok(bytes) => bytes,
+            Err(Fetch::Guest(ClientError::Remote {
                 code: ErrorCode::NotFound,
                 message,
-            }) if best_effort => {
+            })) if best_effort => {
                 tracing::warn!("{what}: not copied: {message}");
                 continue;
             }
-            Err(ClientError::Remote { message, .. }) => {
+            Err(Fetch::Guest(ClientError::Remote { message, .. })) => {
                 return Err(Error::Host(format!(
                     "{what}: {message}; check that a step creates it"
                 )))
             }
-            Err(e) => return Err(guest_error(cancel, vm, &format!("copying {what}"), e)),
-        };
-        let bytes = match kind {
-            FileKind::Dir => {
-                files::unpack_into(&data[..], &output.host, &format!("output {}", output.guest))?
+            Err(Fetch::Guest(e)) => {
+                return Err(guest_error(cancel, vm, &format!("copying {what}"), e))
             }
-            FileKind::File => {
-                let name = Path::new(&output.guest)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "output".into());
-                files::write_file_into(&data, &output.host, &name, 0o644)?
-            }
-            other => {
-                return Err(Error::Host(format!(
-                    "{what}: is a {other:?}, not a file or directory"
-                )))
-            }
+            Err(Fetch::Host(e)) => return Err(e),
         };
         sink.emit(Event::OutputCopied {
             guest: output.guest.clone(),
@@ -147,6 +164,72 @@ pub fn copy_outputs(
         });
     }
     Ok(())
+}
+
+/// Why an output was not copied.
+#[derive(Debug)]
+pub(crate) enum Fetch {
+    /// The guest refused, failed, broke the protocol or went silent.
+    Guest(ClientError),
+    /// The output cannot be written on the host (or was refused there).
+    Host(Error),
+}
+
+/// Copies one output: the guest's bytes go to a staging file next to the
+/// output's host directory (never into memory), capped by `limits`; only a
+/// complete copy is unpacked. The staging file is removed in every case.
+pub(crate) fn fetch_output(
+    client: &Client,
+    output: &Output,
+    what: &str,
+    limits: TransferLimits,
+) -> std::result::Result<u64, Fetch> {
+    let parent = output.host.parent().unwrap_or(Path::new("."));
+    let host_err = |e: std::io::Error| {
+        Fetch::Host(Error::host(
+            format!("{what}: cannot stage the output in {}", parent.display()),
+            e,
+        ))
+    };
+    std::fs::create_dir_all(parent).map_err(host_err)?;
+    let mut staging = tempfile::Builder::new()
+        .prefix(".voidbox-output-")
+        .tempfile_in(parent)
+        .map_err(host_err)?;
+    let kind = match client.get_with(&output.guest, staging.as_file_mut(), limits) {
+        Ok(kind) => kind,
+        Err(ClientError::TooLarge {
+            limit, announced, ..
+        }) => {
+            let size = announced.map_or_else(
+                || format!("more than {} MiB", limit >> 20),
+                |n| format!("{n} bytes"),
+            );
+            return Err(Fetch::Host(Error::Host(format!(
+                "{what}: the guest's output is {size}, over sandbox.max_output_mb ({} MiB); nothing was copied. Raise sandbox.max_output_mb or make the output smaller",
+                limit >> 20
+            ))));
+        }
+        Err(e) => return Err(Fetch::Guest(e)),
+    };
+    let staged = staging.reopen().map_err(host_err)?;
+    let reader = std::io::BufReader::new(staged);
+    let written = match kind {
+        FileKind::Dir => {
+            files::unpack_into(reader, &output.host, &format!("output {}", output.guest))
+        }
+        FileKind::File => {
+            let name = Path::new(&output.guest)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "output".into());
+            files::write_file_into(reader, &output.host, &name, 0o644)
+        }
+        other => Err(Error::Host(format!(
+            "{what}: is a {other:?}, not a file or directory"
+        ))),
+    };
+    written.map_err(Fetch::Host)
 }
 
 /// Runs one step; `stdin` is the stdout of its `stdin_from` step.
