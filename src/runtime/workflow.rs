@@ -478,4 +478,137 @@ mod tests {
             .collect();
         assert_eq!(stdout, "started\npiped\n");
     }
+
+    fn vm_hwm_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether this process is the child that runs one test alone.
+    fn in_child(test: &str) -> bool {
+        if std::env::var_os("VOIDBOX_TEST_CHILD").is_some() {
+            return true;
+        }
+        // Peak memory (VmHWM) covers the whole process: measure it in a
+        // child that runs only this test, so other tests do not count.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("VOIDBOX_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        false
+    }
+
+    /// A root with one entry for the agent, readable by the workload.
+    fn output_root() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        (dir, root)
+    }
+
+    fn no_staging_left(dir: &Path) {
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".voidbox-output-")
+            })
+            .collect();
+        assert!(left.is_empty(), "staging files left: {left:?}");
+    }
+
+    /// Audit H1: a 20 GiB sparse output is refused from its announced size,
+    /// with an error naming the spec field; nothing is buffered in memory or
+    /// left on disk.
+    #[test]
+    fn huge_sparse_output_is_refused_early_with_bounded_memory() {
+        if !in_child(
+            "runtime::workflow::tests::huge_sparse_output_is_refused_early_with_bounded_memory",
+        ) {
+            return;
+        }
+        let base = vm_hwm_kib();
+        let (dir, root) = output_root();
+        let big = root.join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(20 << 30)
+            .unwrap();
+        let r = root.display().to_string();
+        let a = agent_with(|d| d.file_roots = vec![r.clone()]);
+        let output = Output {
+            guest: big.display().to_string(),
+            host: dir.path().join("host-out"),
+        };
+        let limits = TransferLimits {
+            max_bytes: 4096 << 20,
+            ..TransferLimits::default()
+        };
+        let err = match fetch_output(&a.client, &output, "sandbox.outputs[0] (big)", limits) {
+            Err(Fetch::Host(e)) => e.to_string(),
+            other => panic!("expected a host error, got {other:?}"),
+        };
+        assert!(
+            err.contains("sandbox.max_output_mb (4096 MiB)")
+                && err.contains(&(20u64 << 30).to_string())
+                && err.contains("sandbox.outputs[0]"),
+            "{err}"
+        );
+        assert!(!output.host.exists(), "a partial output was left");
+        no_staging_left(dir.path());
+        // The connection still works: the guest stopped sending.
+        a.client.ping(Duration::from_secs(10)).unwrap();
+        let grown = vm_hwm_kib().saturating_sub(base);
+        assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
+    }
+
+    /// A directory announces no size: its tar stream is cut off at the cap
+    /// while it streams, and the partial copy is removed.
+    #[test]
+    fn directory_output_over_the_cap_stops_mid_stream() {
+        let (dir, root) = output_root();
+        std::fs::create_dir(root.join("tree")).unwrap();
+        std::fs::write(root.join("tree/a"), vec![1u8; 3 << 20]).unwrap();
+        let r = root.display().to_string();
+        let a = agent_with(|d| d.file_roots = vec![r.clone()]);
+        let output = Output {
+            guest: format!("{r}/tree"),
+            host: dir.path().join("host-out"),
+        };
+        let limits = TransferLimits {
+            max_bytes: 1 << 20,
+            ..TransferLimits::default()
+        };
+        let err = match fetch_output(&a.client, &output, "sandbox.outputs[0] (tree)", limits) {
+            Err(Fetch::Host(e)) => e.to_string(),
+            other => panic!("expected a host error, got {other:?}"),
+        };
+        assert!(
+            err.contains("more than 1 MiB") && err.contains("sandbox.max_output_mb (1 MiB)"),
+            "{err}"
+        );
+        assert!(!output.host.exists(), "a partial output was left");
+        no_staging_left(dir.path());
+        a.client.ping(Duration::from_secs(10)).unwrap();
+        // Under the cap the same output is copied whole.
+        let limits = TransferLimits {
+            max_bytes: 4 << 20,
+            ..TransferLimits::default()
+        };
+        let n = fetch_output(&a.client, &output, "sandbox.outputs[0] (tree)", limits).unwrap();
+        assert_eq!(n, 3 << 20);
+        assert_eq!(std::fs::read(output.host.join("a")).unwrap().len(), 3 << 20);
+        no_staging_left(dir.path());
+    }
 }
