@@ -189,6 +189,12 @@ impl Client {
             channel: Channel::File,
         });
         let reply = finish(&h, &clock).map_err(|e| after_watchdog(e, &clock));
+        if sent.is_err() {
+            if let Some(why) = self.mux.dead_reason() {
+                // The connection broke (a guest violation, the watchdog): that is the cause.
+                return Err(after_watchdog(ClientError::Closed(why), &clock));
+            }
+        }
         match (sent, reply) {
             (Ok(()), reply) => reply,
             // The connection broke or the guest went silent: that is the cause.

@@ -224,4 +224,6 @@ impl Drop for Client {
 }
 
 #[cfg(test)]
+mod hostile_tests;
+#[cfg(test)]
 pub(crate) mod tests;

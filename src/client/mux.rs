@@ -273,11 +273,21 @@ impl Mux {
     }
 
     fn fail(&self, why: &str) {
-        *self.dead.lock().expect("dead lock") = Some(why.to_string());
+        // The first reason is the cause; later ones (a write failing because
+        // of it) would hide it.
+        self.dead
+            .lock()
+            .expect("dead lock")
+            .get_or_insert_with(|| why.to_string());
         for i in self.inboxes.lock().expect("inboxes lock").values() {
             i.close(why);
         }
         self.killer.lock().expect("killer lock").shutdown();
+    }
+
+    /// Why the connection ended, if it did.
+    pub fn dead_reason(&self) -> Option<String> {
+        self.dead.lock().expect("dead lock").clone()
     }
 
     /// Closes the connection.
