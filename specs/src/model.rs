@@ -21,6 +21,10 @@ pub const MEMORY_MB_RANGE: (u64, u64) = (64, 262_144);
 pub const VCPUS_RANGE: (u64, u64) = (1, 32);
 /// Largest timeout accepted, in seconds (one week).
 pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Default cap on one output's size, in MiB (4 GiB).
+pub const DEFAULT_MAX_OUTPUT_MB: u64 = 4096;
+/// Smallest and largest output caps accepted, in MiB (1 MiB to 1 TiB).
+pub const MAX_OUTPUT_MB_RANGE: (u64, u64) = (1, 1 << 20);
 
 /// A voidbox spec file (YAML or JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -135,6 +139,12 @@ pub struct Sandbox {
     /// 604800. Default: 600.
     #[serde(default = "default_timeout_secs")]
     pub timeout_secs: u64,
+    /// Largest size of one output in MiB, 1 to 1048576: what the guest sends
+    /// for it (a file, or a directory's tar stream) is staged on the host's
+    /// disk, and the copy fails once it passes this size, so a guest cannot
+    /// fill the host's memory or disk. Default: 4096.
+    #[serde(default = "default_max_output_mb")]
+    pub max_output_mb: u64,
     /// Network access. Only `false` is accepted for now. Default: false.
     #[serde(default)]
     pub network: bool,
@@ -155,6 +165,7 @@ impl Default for Sandbox {
             allow_commands: None,
             user: DEFAULT_USER.to_string(),
             timeout_secs: DEFAULT_TIMEOUT_SECS,
+            max_output_mb: DEFAULT_MAX_OUTPUT_MB,
             network: false,
         }
     }
@@ -171,6 +182,9 @@ fn default_user() -> String {
 }
 fn default_timeout_secs() -> u64 {
     DEFAULT_TIMEOUT_SECS
+}
+fn default_max_output_mb() -> u64 {
+    DEFAULT_MAX_OUTPUT_MB
 }
 
 /// A host path copied into the guest.

@@ -58,6 +58,7 @@ sandbox:
   allow_commands: [/usr/bin/make, /bin/sh]
   user: "0:0"
   timeout_secs: 120
+  max_output_mb: 100
   network: false
 skills:
   - {image: tools:1, mount: /skills/tools/}
@@ -81,6 +82,7 @@ workflow:
     assert_eq!(sb.inputs[0].host, Path::new("/base/src"));
     assert_eq!(sb.outputs[0].host, Path::new("/base/out"));
     assert_eq!(sb.user, "0:0");
+    assert_eq!(sb.max_output_mb, 100);
     assert_eq!(spec.skills[0].mount, "/skills/tools");
     assert_eq!(sb.guest_image.as_deref(), Some("oci:/tmp/guest:v1"));
     let rel = parse_str(
@@ -187,10 +189,24 @@ fn network_true_is_refused_clearly() {
 #[test]
 fn ranges_are_enforced() {
     let e = errors(&workflow(
-        "sandbox:\n  memory_mb: 16\n  vcpus: 33\n  timeout_secs: 0\n",
+        "sandbox:\n  memory_mb: 16\n  vcpus: 33\n  timeout_secs: 0\n  max_output_mb: 0\n",
     ));
-    assert_eq!(e.len(), 3, "{e:#?}");
+    assert_eq!(e.len(), 4, "{e:#?}");
     assert!(e[0].message.contains("16 is out of range"));
+    assert_eq!(e[3].path, "sandbox.max_output_mb");
+    let e = errors(&workflow("sandbox:\n  max_output_mb: 1048577\n"));
+    assert!(e[0].message.contains("between 1 and 1048576"), "{e:#?}");
+    let d = one_error(&workflow("sandbox:\n  max_output_mb: \"4G\"\n"));
+    assert_eq!(d.path, "sandbox.max_output_mb");
+}
+
+#[test]
+fn max_output_mb_defaults_to_4096_and_is_read() {
+    let spec = parse_str(&workflow(""), "t.yaml", Path::new("/base")).unwrap();
+    assert_eq!(spec.sandbox.max_output_mb, 4096);
+    let text = workflow("sandbox:\n  max_output_mb: 64\n");
+    let spec = parse_str(&text, "t.yaml", Path::new("/base")).unwrap();
+    assert_eq!(spec.sandbox.max_output_mb, 64);
 }
 
 #[test]
@@ -355,6 +371,7 @@ fn json_schema_describes_fields_and_defaults() {
     assert_eq!(schema["additionalProperties"], false);
     let sandbox = &schema["definitions"]["Sandbox"]["properties"];
     assert_eq!(sandbox["memory_mb"]["default"], 512);
+    assert_eq!(sandbox["max_output_mb"]["default"], 4096);
     assert!(sandbox["network"]["description"]
         .as_str()
         .unwrap()

@@ -46,6 +46,16 @@ pub enum ClientError {
         /// Explanation from the guest.
         message: String,
     },
+    /// The guest sent (or announced) more than the transfer's byte cap.
+    #[error("{what} is larger than the cap of {limit} bytes{}; the copy was stopped", announced.map(|n| format!(" (the guest announced {n} bytes)")).unwrap_or_default())]
+    TooLarge {
+        /// What was being copied.
+        what: String,
+        /// The cap in bytes.
+        limit: u64,
+        /// The size the guest announced, if it announced one.
+        announced: Option<u64>,
+    },
     /// Local I/O (reading an input file, writing an output file).
     #[error("{context}: {source}")]
     Io {

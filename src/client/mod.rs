@@ -25,6 +25,7 @@ mod mux;
 
 pub use error::ClientError;
 pub use exec::{ExecHandle, ExecOutput, ExecStdin};
+pub use files::TransferLimits;
 pub use voidbox_guest_agent::protocol::auth::Secret;
 pub use voidbox_guest_agent::protocol::{
     ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize, UserSpec,
@@ -222,5 +223,7 @@ impl Drop for Client {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 pub(crate) mod tests;

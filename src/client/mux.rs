@@ -1,5 +1,14 @@
 //! The client's connection: a reader thread that demultiplexes frames into
-//! per-stream inboxes (credit-checked), and a shared frame writer.
+//! per-stream inboxes (credit-checked, byte-bounded), and a shared frame writer.
+//!
+//! Memory bound: the reader thread never waits for the host to consume
+//! events, so everything a stream may queue is bounded. Data is bounded by
+//! the credit the host granted (3 channels × `INITIAL_WINDOW` = 768 KiB);
+//! control messages by [`MAX_QUEUED_MESSAGE_BYTES`] (1 MiB, payload bytes)
+//! and [`MAX_QUEUED_MESSAGES`]; one message frame by [`MAX_MESSAGE_FRAME`].
+//! A guest that exceeds any of them breaks the protocol and the connection is
+//! closed. So one open stream holds at most about 1.8 MiB while the host is
+//! not reading it (for example during a put), plus one frame being read.
 
 use super::ClientError;
 use std::collections::{HashMap, VecDeque};
@@ -12,7 +21,11 @@ use voidbox_guest_agent::protocol::{
 use voidbox_guest_agent::service::Transport;
 
 /// Most control messages queued on one stream before the guest is considered hostile.
-const MAX_QUEUED_MESSAGES: usize = 4096;
+pub(crate) const MAX_QUEUED_MESSAGES: usize = 4096;
+/// Most payload bytes of control messages queued on one stream.
+pub(crate) const MAX_QUEUED_MESSAGE_BYTES: usize = 1 << 20;
+/// Largest control message frame accepted from the guest (replies are small).
+pub(crate) const MAX_MESSAGE_FRAME: usize = 64 << 10;
 
 /// One event of a stream, in wire order.
 #[derive(Debug)]
@@ -23,11 +36,13 @@ pub(crate) enum Event {
 
 #[derive(Default)]
 struct InboxState {
-    events: VecDeque<Event>,
+    /// Events with the payload bytes a message counts for (0 for data).
+    events: VecDeque<(Event, usize)>,
     /// Credit the guest may still use, per outbound channel (stdout, stderr, file).
     outstanding: [u64; 3],
     unacked: [u64; 3],
     messages: usize,
+    message_bytes: usize,
     closed: Option<String>,
 }
 
@@ -62,8 +77,10 @@ impl Inbox {
         }
     }
 
-    fn push(&self, ev: Event) -> Result<(), String> {
+    /// Queues an event; `wire_len` is the frame payload size of a message.
+    fn push(&self, ev: Event, wire_len: usize) -> Result<(), String> {
         let mut s = self.state.lock().expect("inbox lock");
+        let mut cost = 0;
         match &ev {
             Event::Data(ch, d) => {
                 let i = slot(*ch).ok_or("guest sent stdin data")?;
@@ -78,12 +95,17 @@ impl Inbox {
             }
             Event::Msg(_) => {
                 s.messages += 1;
-                if s.messages > MAX_QUEUED_MESSAGES {
-                    return Err("guest flooded a stream with control messages".into());
+                s.message_bytes += wire_len;
+                cost = wire_len;
+                if s.messages > MAX_QUEUED_MESSAGES || s.message_bytes > MAX_QUEUED_MESSAGE_BYTES {
+                    return Err(format!(
+                        "guest flooded a stream with control messages ({} queued, {} bytes; the host allows {MAX_QUEUED_MESSAGES} and {MAX_QUEUED_MESSAGE_BYTES} bytes)",
+                        s.messages, s.message_bytes
+                    ));
                 }
             }
         }
-        s.events.push_back(ev);
+        s.events.push_back((ev, cost));
         self.cv.notify_all();
         Ok(())
     }
@@ -105,7 +127,7 @@ impl Inbox {
     ) -> Result<(Event, Option<(Channel, u32)>), ClientError> {
         let mut s = self.state.lock().expect("inbox lock");
         loop {
-            if let Some(ev) = s.events.pop_front() {
+            if let Some((ev, cost)) = s.events.pop_front() {
                 let mut credit = None;
                 match &ev {
                     Event::Data(ch, d) => {
@@ -114,7 +136,7 @@ impl Inbox {
                         let pending_same = s
                             .events
                             .iter()
-                            .any(|e| matches!(e, Event::Data(c, _) if c == ch));
+                            .any(|(e, _)| matches!(e, Event::Data(c, _) if c == ch));
                         if s.unacked[i] >= INITIAL_WINDOW as u64 / 4 || !pending_same {
                             let n = s.unacked[i];
                             s.unacked[i] = 0;
@@ -124,7 +146,10 @@ impl Inbox {
                             }
                         }
                     }
-                    Event::Msg(_) => s.messages -= 1,
+                    Event::Msg(_) => {
+                        s.messages -= 1;
+                        s.message_bytes -= cost;
+                    }
                 }
                 return Ok((ev, credit));
             }
@@ -211,8 +236,14 @@ impl Mux {
         else {
             return Ok(()); // a stream we already gave up on
         };
+        let wire_len = f.payload.len();
         let ev = match f.kind {
             FrameKind::Message => {
+                if wire_len > MAX_MESSAGE_FRAME {
+                    return Err(format!(
+                        "a {wire_len}-byte control message (the host accepts up to {MAX_MESSAGE_FRAME})"
+                    ));
+                }
                 let m = Message::from_bytes(&f.payload)
                     .map_err(|e| format!("undecodable message: {e}"))?;
                 match m {
@@ -238,20 +269,53 @@ impl Mux {
             FrameKind::FileData => Event::Data(Channel::File, f.payload),
             FrameKind::Stdin => return Err("guest sent stdin data".into()),
         };
-        inbox.push(ev)
+        inbox.push(ev, wire_len)
     }
 
     fn fail(&self, why: &str) {
-        *self.dead.lock().expect("dead lock") = Some(why.to_string());
+        // The first reason is the cause; later ones (a write failing because
+        // of it) would hide it.
+        self.dead
+            .lock()
+            .expect("dead lock")
+            .get_or_insert_with(|| why.to_string());
         for i in self.inboxes.lock().expect("inboxes lock").values() {
             i.close(why);
         }
         self.killer.lock().expect("killer lock").shutdown();
     }
 
+    /// Why the connection ended, if it did.
+    pub fn dead_reason(&self) -> Option<String> {
+        self.dead.lock().expect("dead lock").clone()
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         self.fail("closed by the host");
+    }
+
+    /// Closes the connection with `why` unless the returned guard is dropped
+    /// before `deadline`. This ends waits nothing else can end, such as a
+    /// write blocked because the guest stopped reading.
+    pub fn watchdog(self: &Arc<Self>, deadline: Instant, why: String) -> Watchdog {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let mux = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("voidbox-transfer-watchdog".into())
+            .spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(left) {
+                    if let Some(m) = mux.upgrade() {
+                        tracing::warn!("{why}");
+                        m.fail(&why);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("cannot start a transfer watchdog: {e}");
+        }
+        Watchdog { _stop: tx }
     }
 
     /// Opens a new stream and sends its request.
@@ -290,6 +354,11 @@ impl Mux {
                 ClientError::Closed(format!("write failed: {e}"))
             })
     }
+}
+
+/// Disarms a [`Mux::watchdog`] when dropped.
+pub(crate) struct Watchdog {
+    _stop: std::sync::mpsc::Sender<()>,
 }
 
 /// One open stream; removed from the connection on drop.

@@ -400,6 +400,7 @@ fn files_put_get_stat_and_escapes() {
                 mode: None,
                 owner: None,
             },
+            TransferLimits::default(),
             &mut |w| w.write_all(&tarball),
         )
         .unwrap_err();

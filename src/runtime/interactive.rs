@@ -3,6 +3,7 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::sys::termios::{self, SetArg, Termios};
 use voidbox_spec::Spec;
@@ -46,7 +47,13 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
     let plan = ctx.plan(spec)?;
     let mode = ctx.launch_mode()?;
     let vm = ctx.boot(&plan, &mode)?;
-    copy_inputs(&vm, &plan, &mut Quiet, &ctx.cancel)?;
+    copy_inputs(
+        &vm,
+        &plan,
+        &mut Quiet,
+        &ctx.cancel,
+        Instant::now() + Duration::from_secs(plan.timeout_secs),
+    )?;
     let mut env = spec.sandbox.env.clone();
     if let Some(rootfs) = &plan.rootfs {
         for (k, v) in rootfs.image_env.iter().filter_map(|kv| kv.split_once('=')) {
@@ -189,7 +196,13 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
     let plan = ctx.plan(spec)?;
     let mode = ctx.launch_mode()?;
     let vm = ctx.boot(&plan, &mode)?;
-    copy_inputs(&vm, &plan, &mut Quiet, &ctx.cancel)?;
+    copy_inputs(
+        &vm,
+        &plan,
+        &mut Quiet,
+        &ctx.cancel,
+        Instant::now() + Duration::from_secs(plan.timeout_secs),
+    )?;
     let mut env = spec.sandbox.env.clone();
     env.insert(
         "TERM".into(),

@@ -89,6 +89,8 @@ pub struct Plan {
     pub vcpus: u32,
     /// Whole-run limit in seconds.
     pub timeout_secs: u64,
+    /// Cap on one output's size, in MiB (`sandbox.max_output_mb`).
+    pub max_output_mb: u64,
     /// `uid:gid` or `root`.
     pub user: String,
     /// Command allowlist.
@@ -268,6 +270,7 @@ impl Plan {
             memory_mb: sandbox.memory_mb,
             vcpus: sandbox.vcpus,
             timeout_secs: sandbox.timeout_secs,
+            max_output_mb: sandbox.max_output_mb,
             user: sandbox.user.clone(),
             allow_commands: sandbox.allow_commands.clone(),
             inputs: sandbox.inputs.clone(),

@@ -103,7 +103,7 @@ pub fn run_spec(ctx: &RunContext, spec: &Spec, sink: &mut dyn EventSink) -> Resu
     });
     // The run's limit counts from the agent being ready.
     let run_deadline = run_deadline.min(Instant::now() + Duration::from_secs(plan.timeout_secs));
-    let outcome = copy_inputs(&vm, &plan, sink, &ctx.cancel)
+    let outcome = copy_inputs(&vm, &plan, sink, &ctx.cancel, run_deadline)
         .and_then(|()| run_steps(&vm, &plan, sink, &ctx.cancel, run_deadline));
     let best_effort = !matches!(outcome, Ok(0));
     let copied = match &outcome {

@@ -1,6 +1,8 @@
 //! Running a plan in a booted VM: inputs in, steps in dependency order
 //! (stdin_from, per-step and whole-run time limits), outputs out, even after
-//! a failed step.
+//! a failed step. Inputs are copied within the run's deadline; outputs get a
+//! budget of `sandbox.timeout_secs` of their own, are staged on disk under
+//! `sandbox.max_output_mb`, and only then unpacked.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,12 +15,27 @@ use super::files;
 use super::plan::{Plan, StepPlan};
 use super::schedule::{Next, Schedule};
 use super::vm::Vm;
-use crate::client::{Client, ClientError, ErrorCode, ExecRequest, FileKind, UserSpec};
+use crate::client::{
+    Client, ClientError, ErrorCode, ExecRequest, FileKind, TransferLimits, UserSpec,
+};
+use voidbox_spec::Output;
 
 /// Largest stdout kept for a later step's stdin.
 pub const MAX_PIPED_STDOUT: usize = 64 << 20;
 /// Extra time the host waits past a guest-side step limit before giving up.
 const HOST_GRACE: Duration = Duration::from_secs(15);
+/// A transfer in which the guest makes no progress for this long fails.
+pub const TRANSFER_STALL: Duration = Duration::from_secs(60);
+
+/// Transfer limits that end at `deadline`, with the plan's output cap.
+fn transfer_limits(plan: &Plan, deadline: Instant) -> TransferLimits {
+    let timeout = deadline.saturating_duration_since(Instant::now());
+    TransferLimits {
+        timeout,
+        stall: TRANSFER_STALL.min(timeout),
+        max_bytes: plan.max_output_mb.saturating_mul(1 << 20),
+    }
+}
 
 /// How a step ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,12 +52,21 @@ fn guest_error(cancel: &Cancel, vm: &Vm, what: &str, e: ClientError) -> Error {
     }
     match e {
         ClientError::Closed(_) => vm.boot_error(format!("the VM went away during {what} ({e})")),
+        ClientError::Timeout { .. } => Error::Timeout(format!(
+            "{what}: {e}; the guest stopped answering (raise sandbox.timeout_secs if the copy is just slow)"
+        )),
         other => Error::Host(format!("{what}: {other}")),
     }
 }
 
-/// Copies the plan's inputs into the guest.
-pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Cancel) -> Result<()> {
+/// Copies the plan's inputs into the guest; every copy ends by `deadline`.
+pub fn copy_inputs(
+    vm: &Vm,
+    plan: &Plan,
+    sink: &mut dyn EventSink,
+    cancel: &Cancel,
+    deadline: Instant,
+) -> Result<()> {
     let client = vm.client();
     let (uid, gid) = plan.user_ids();
     let owner = Some(UserSpec { uid, gid });
@@ -53,17 +79,19 @@ pub fn copy_inputs(vm: &Vm, plan: &Plan, sink: &mut dyn EventSink, cancel: &Canc
         let meta = std::fs::metadata(&input.host).map_err(|e| {
             Error::Host(format!("{what}: cannot read {}: {e}", input.host.display()))
         })?;
+        let limits = transfer_limits(plan, deadline);
         let result = if meta.is_dir() {
-            client.put_dir(&input.host, &input.guest, owner)
+            client.put_dir_with(&input.host, &input.guest, owner, limits)
         } else {
             let mut f = std::fs::File::open(&input.host)
                 .map_err(|e| Error::Host(format!("{what}: {e}")))?;
             use std::os::unix::fs::PermissionsExt;
-            client.put_file(
+            client.put_file_with(
                 &input.guest,
                 &mut f,
                 meta.permissions().mode() & 0o777,
                 owner,
+                limits,
             )
         };
         result.map_err(|e| guest_error(cancel, vm, &format!("copying {what}"), e))?;
@@ -95,7 +123,9 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// Copies the plan's outputs to the host. With `best_effort` (the run
-/// already failed) a missing guest path is only reported on stderr.
+/// already failed) a missing guest path is only reported on stderr. All
+/// outputs together get `sandbox.timeout_secs`; each is capped at
+/// `sandbox.max_output_mb`.
 pub fn copy_outputs(
     vm: &Vm,
     plan: &Plan,
@@ -104,41 +134,28 @@ pub fn copy_outputs(
     best_effort: bool,
 ) -> Result<()> {
     let client = vm.client();
+    let deadline = Instant::now() + Duration::from_secs(plan.timeout_secs);
     for (i, output) in plan.outputs.iter().enumerate() {
         let what = format!("sandbox.outputs[{i}] ({})", output.guest);
-        let mut data = Vec::new();
-        let kind = match client.get(&output.guest, &mut data) {
-            Ok(kind) => kind,
-            Err(ClientError::Remote {
+        let limits = transfer_limits(plan, deadline);
+        let bytes = match fetch_output(client, output, &what, limits) {
+            Ok(bytes) => bytes,
+            Err(Fetch::Guest(ClientError::Remote {
                 code: ErrorCode::NotFound,
                 message,
-            }) if best_effort => {
+            })) if best_effort => {
                 tracing::warn!("{what}: not copied: {message}");
                 continue;
             }
-            Err(ClientError::Remote { message, .. }) => {
+            Err(Fetch::Guest(ClientError::Remote { message, .. })) => {
                 return Err(Error::Host(format!(
                     "{what}: {message}; check that a step creates it"
                 )))
             }
-            Err(e) => return Err(guest_error(cancel, vm, &format!("copying {what}"), e)),
-        };
-        let bytes = match kind {
-            FileKind::Dir => {
-                files::unpack_into(&data[..], &output.host, &format!("output {}", output.guest))?
+            Err(Fetch::Guest(e)) => {
+                return Err(guest_error(cancel, vm, &format!("copying {what}"), e))
             }
-            FileKind::File => {
-                let name = Path::new(&output.guest)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "output".into());
-                files::write_file_into(&data, &output.host, &name, 0o644)?
-            }
-            other => {
-                return Err(Error::Host(format!(
-                    "{what}: is a {other:?}, not a file or directory"
-                )))
-            }
+            Err(Fetch::Host(e)) => return Err(e),
         };
         sink.emit(Event::OutputCopied {
             guest: output.guest.clone(),
@@ -147,6 +164,72 @@ pub fn copy_outputs(
         });
     }
     Ok(())
+}
+
+/// Why an output was not copied.
+#[derive(Debug)]
+pub(crate) enum Fetch {
+    /// The guest refused, failed, broke the protocol or went silent.
+    Guest(ClientError),
+    /// The output cannot be written on the host (or was refused there).
+    Host(Error),
+}
+
+/// Copies one output: the guest's bytes go to a staging file next to the
+/// output's host directory (never into memory), capped by `limits`; only a
+/// complete copy is unpacked. The staging file is removed in every case.
+pub(crate) fn fetch_output(
+    client: &Client,
+    output: &Output,
+    what: &str,
+    limits: TransferLimits,
+) -> std::result::Result<u64, Fetch> {
+    let parent = output.host.parent().unwrap_or(Path::new("."));
+    let host_err = |e: std::io::Error| {
+        Fetch::Host(Error::host(
+            format!("{what}: cannot stage the output in {}", parent.display()),
+            e,
+        ))
+    };
+    std::fs::create_dir_all(parent).map_err(host_err)?;
+    let mut staging = tempfile::Builder::new()
+        .prefix(".voidbox-output-")
+        .tempfile_in(parent)
+        .map_err(host_err)?;
+    let kind = match client.get_with(&output.guest, staging.as_file_mut(), limits) {
+        Ok(kind) => kind,
+        Err(ClientError::TooLarge {
+            limit, announced, ..
+        }) => {
+            let size = announced.map_or_else(
+                || format!("more than {} MiB", limit >> 20),
+                |n| format!("{n} bytes"),
+            );
+            return Err(Fetch::Host(Error::Host(format!(
+                "{what}: the guest's output is {size}, over sandbox.max_output_mb ({} MiB); nothing was copied. Raise sandbox.max_output_mb or make the output smaller",
+                limit >> 20
+            ))));
+        }
+        Err(e) => return Err(Fetch::Guest(e)),
+    };
+    let staged = staging.reopen().map_err(host_err)?;
+    let reader = std::io::BufReader::new(staged);
+    let written = match kind {
+        FileKind::Dir => {
+            files::unpack_into(reader, &output.host, &format!("output {}", output.guest))
+        }
+        FileKind::File => {
+            let name = Path::new(&output.guest)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "output".into());
+            files::write_file_into(reader, &output.host, &name, 0o644)
+        }
+        other => Err(Error::Host(format!(
+            "{what}: is a {other:?}, not a file or directory"
+        ))),
+    };
+    written.map_err(Fetch::Host)
 }
 
 /// Runs one step; `stdin` is the stdout of its `stdin_from` step.
@@ -394,5 +477,138 @@ mod tests {
             .map(|(_, d)| d.as_str())
             .collect();
         assert_eq!(stdout, "started\npiped\n");
+    }
+
+    fn vm_hwm_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Whether this process is the child that runs one test alone.
+    fn in_child(test: &str) -> bool {
+        if std::env::var_os("VOIDBOX_TEST_CHILD").is_some() {
+            return true;
+        }
+        // Peak memory (VmHWM) covers the whole process: measure it in a
+        // child that runs only this test, so other tests do not count.
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("VOIDBOX_TEST_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        false
+    }
+
+    /// A root with one entry for the agent, readable by the workload.
+    fn output_root() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        (dir, root)
+    }
+
+    fn no_staging_left(dir: &Path) {
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(".voidbox-output-")
+            })
+            .collect();
+        assert!(left.is_empty(), "staging files left: {left:?}");
+    }
+
+    /// Audit H1: a 20 GiB sparse output is refused from its announced size,
+    /// with an error naming the spec field; nothing is buffered in memory or
+    /// left on disk.
+    #[test]
+    fn huge_sparse_output_is_refused_early_with_bounded_memory() {
+        if !in_child(
+            "runtime::workflow::tests::huge_sparse_output_is_refused_early_with_bounded_memory",
+        ) {
+            return;
+        }
+        let base = vm_hwm_kib();
+        let (dir, root) = output_root();
+        let big = root.join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(20 << 30)
+            .unwrap();
+        let r = root.display().to_string();
+        let a = agent_with(|d| d.file_roots = vec![r.clone()]);
+        let output = Output {
+            guest: big.display().to_string(),
+            host: dir.path().join("host-out"),
+        };
+        let limits = TransferLimits {
+            max_bytes: 4096 << 20,
+            ..TransferLimits::default()
+        };
+        let err = match fetch_output(&a.client, &output, "sandbox.outputs[0] (big)", limits) {
+            Err(Fetch::Host(e)) => e.to_string(),
+            other => panic!("expected a host error, got {other:?}"),
+        };
+        assert!(
+            err.contains("sandbox.max_output_mb (4096 MiB)")
+                && err.contains(&(20u64 << 30).to_string())
+                && err.contains("sandbox.outputs[0]"),
+            "{err}"
+        );
+        assert!(!output.host.exists(), "a partial output was left");
+        no_staging_left(dir.path());
+        // The connection still works: the guest stopped sending.
+        a.client.ping(Duration::from_secs(10)).unwrap();
+        let grown = vm_hwm_kib().saturating_sub(base);
+        assert!(grown < 64 * 1024, "peak memory grew by {grown} KiB");
+    }
+
+    /// A directory announces no size: its tar stream is cut off at the cap
+    /// while it streams, and the partial copy is removed.
+    #[test]
+    fn directory_output_over_the_cap_stops_mid_stream() {
+        let (dir, root) = output_root();
+        std::fs::create_dir(root.join("tree")).unwrap();
+        std::fs::write(root.join("tree/a"), vec![1u8; 3 << 20]).unwrap();
+        let r = root.display().to_string();
+        let a = agent_with(|d| d.file_roots = vec![r.clone()]);
+        let output = Output {
+            guest: format!("{r}/tree"),
+            host: dir.path().join("host-out"),
+        };
+        let limits = TransferLimits {
+            max_bytes: 1 << 20,
+            ..TransferLimits::default()
+        };
+        let err = match fetch_output(&a.client, &output, "sandbox.outputs[0] (tree)", limits) {
+            Err(Fetch::Host(e)) => e.to_string(),
+            other => panic!("expected a host error, got {other:?}"),
+        };
+        assert!(
+            err.contains("more than 1 MiB") && err.contains("sandbox.max_output_mb (1 MiB)"),
+            "{err}"
+        );
+        assert!(!output.host.exists(), "a partial output was left");
+        no_staging_left(dir.path());
+        a.client.ping(Duration::from_secs(10)).unwrap();
+        // Under the cap the same output is copied whole.
+        let limits = TransferLimits {
+            max_bytes: 4 << 20,
+            ..TransferLimits::default()
+        };
+        let n = fetch_output(&a.client, &output, "sandbox.outputs[0] (tree)", limits).unwrap();
+        assert_eq!(n, 3 << 20);
+        assert_eq!(std::fs::read(output.host.join("a")).unwrap().len(), 3 << 20);
+        no_staging_left(dir.path());
     }
 }

@@ -7,9 +7,18 @@
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::INITIAL_WINDOW;
+
+/// Why [`SendWindow::take_until`] returned no credit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeError {
+    /// The window was closed (connection gone or transfer ended).
+    Closed,
+    /// The deadline passed without credit.
+    TimedOut,
+}
 
 /// Sender side of one channel: blocks while no credit is available.
 #[derive(Debug)]
@@ -53,6 +62,30 @@ impl SendWindow {
                 return Some(n);
             }
             s = self.cv.wait(s).expect("window lock");
+        }
+    }
+
+    /// Like [`SendWindow::take`], but gives up at `deadline`.
+    pub fn take_until(&self, max: usize, deadline: Instant) -> Result<usize, TakeError> {
+        let mut s = self.state.lock().expect("window lock");
+        loop {
+            if s.1 {
+                return Err(TakeError::Closed);
+            }
+            if s.0 > 0 {
+                let n = (s.0.min(max as u64)) as usize;
+                s.0 -= n as u64;
+                return Ok(n);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(TakeError::TimedOut);
+            }
+            s = self
+                .cv
+                .wait_timeout(s, deadline - now)
+                .expect("window lock")
+                .0;
         }
     }
 
@@ -272,5 +305,20 @@ mod tests {
         assert_eq!(t.join().unwrap(), Some(3));
         w.close();
         assert_eq!(w.take(1), None);
+    }
+
+    #[test]
+    fn take_until_gives_up_at_the_deadline() {
+        let w = SendWindow::new(2);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(w.take_until(10, soon), Ok(2));
+        assert_eq!(w.take_until(10, soon), Err(TakeError::TimedOut));
+        w.grant(1);
+        assert_eq!(w.take_until(10, soon), Ok(1));
+        w.close();
+        assert_eq!(
+            w.take_until(10, Instant::now() + Duration::from_secs(60)),
+            Err(TakeError::Closed)
+        );
     }
 }

@@ -217,7 +217,7 @@ pub enum Message {
         /// Signal number.
         signal: i32,
     },
-    /// Kill every process of the exec's cgroup.
+    /// Kill every process of the exec's cgroup; on a get, stop sending the file.
     Kill,
     /// Resize the exec's PTY.
     Resize(PtySize),

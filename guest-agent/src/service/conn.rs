@@ -221,7 +221,12 @@ impl Connection {
                 }
             }
             Message::Signal { signal } => exec::signal(s, signal),
-            Message::Kill => exec::kill(s),
+            Message::Kill => {
+                exec::kill(s);
+                // On a get, the host gave up (e.g. the output passed its cap):
+                // stop sending instead of waiting for credit until the end.
+                s.file_out.close();
+            }
             Message::Resize(size) => exec::resize(s, size),
             other => {
                 let _ = self.send_msg(

@@ -3,7 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use super::{join, Ctx};
-use crate::model::{Input, Output, Sandbox, Skill, MAX_TIMEOUT_SECS, MEMORY_MB_RANGE, VCPUS_RANGE};
+use crate::model::{
+    Input, Output, Sandbox, Skill, MAX_OUTPUT_MB_RANGE, MAX_TIMEOUT_SECS, MEMORY_MB_RANGE,
+    VCPUS_RANGE,
+};
 use crate::node::Node;
 
 pub(super) const SANDBOX_FIELDS: &[&str] = &[
@@ -19,6 +22,7 @@ pub(super) const SANDBOX_FIELDS: &[&str] = &[
     "allow_commands",
     "user",
     "timeout_secs",
+    "max_output_mb",
     "network",
 ];
 
@@ -96,6 +100,12 @@ pub(super) fn decode_sandbox(ctx: &mut Ctx, node: &Node, base_dir: &Path) -> Opt
     if let Some(n) = fields.get("timeout_secs") {
         if let Some(v) = ctx.uint(n, "sandbox.timeout_secs", 1, MAX_TIMEOUT_SECS) {
             sandbox.timeout_secs = v;
+        }
+    }
+    if let Some(n) = fields.get("max_output_mb") {
+        let (min, max) = MAX_OUTPUT_MB_RANGE;
+        if let Some(v) = ctx.uint(n, "sandbox.max_output_mb", min, max) {
+            sandbox.max_output_mb = v;
         }
     }
     if let Some(n) = fields.get("network") {
