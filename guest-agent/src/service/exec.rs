@@ -91,7 +91,7 @@ fn start(
         EXEC_COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let cgroup = Arc::new(
-        Cgroup::create(&cfg.cgroup_root, &name, &limits)
+        Cgroup::create(&cfg.cgroup_root, &name, &limits, &cfg.builtin_limits)
             .map_err(|e| (ErrorCode::Failed, e.to_string()))?,
     );
     let user = req.user.unwrap_or(cfg.default_user);
@@ -139,11 +139,22 @@ fn start(
             if want_ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // The agent protects itself from the OOM killer; the workload must not inherit that.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if adj >= 0 {
+                libc::write(adj, b"0".as_ptr().cast(), 1);
+                libc::close(adj);
+            }
             let groups = [gid];
             if libc::setgroups(1, groups.as_ptr()) < 0
                 || libc::setgid(gid) < 0
                 || libc::setuid(uid) < 0
             {
+                return Err(io::Error::last_os_error());
+            }
+            // No setuid/setgid bit or file capability raises the workload's
+            // privileges again (the image root is also nosuid).
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
