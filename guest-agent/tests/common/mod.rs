@@ -136,3 +136,29 @@ pub fn argv(a: &[&str]) -> ExecRequest {
         ..Default::default()
     }
 }
+
+impl Raw {
+    /// Gets `path` on `stream` (small results only: no credit is returned).
+    /// Ok(data) after `Done`, Err(code, message) on an error reply.
+    pub fn get(
+        &mut self,
+        stream: u32,
+        path: &str,
+    ) -> Result<Vec<u8>, (voidbox_guest_agent::protocol::ErrorCode, String)> {
+        self.send(stream, &Message::Get { path: path.into() });
+        let mut data = Vec::new();
+        loop {
+            let f = self.recv().expect("get frames");
+            assert_eq!(f.stream, stream);
+            match f.kind {
+                FrameKind::FileData => data.extend(f.payload),
+                FrameKind::Message => match Message::from_bytes(&f.payload).unwrap() {
+                    Message::Done => return Ok(data),
+                    Message::Error(e) => return Err((e.code, e.message)),
+                    _ => {}
+                },
+                k => panic!("unexpected {k:?}"),
+            }
+        }
+    }
+}
