@@ -3,27 +3,12 @@
 
 mod common;
 
-use common::Raw;
+use common::connect_in_process;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::Arc;
 use voidbox_guest_agent::protocol::auth::Secret;
 use voidbox_guest_agent::protocol::ErrorCode;
-use voidbox_guest_agent::service::{Service, ServiceConfig};
 use voidbox_guest_agent::BootData;
-
-/// An authenticated connection to a fresh in-process service built from `data`.
-fn connect(data: &BootData, secret: &Secret) -> Raw {
-    let config =
-        ServiceConfig::from_boot_data(data, std::env::temp_dir(), Arc::new(|| {})).unwrap();
-    let service = Service::new(config);
-    let (a, b) = UnixStream::pair().unwrap();
-    std::thread::spawn(move || service.serve(Box::new(a)));
-    let mut r = Raw::new(b);
-    r.auth(secret);
-    r
-}
 
 fn tar_names(data: &[u8]) -> Vec<String> {
     tar::Archive::new(data)
@@ -60,7 +45,7 @@ fn get_follows_no_planted_link() {
     std::fs::hard_link(&secret_file, out.join("stolen")).unwrap();
     chown(&out, workload);
 
-    let mut c = connect(&data, &secret);
+    let mut c = connect_in_process(&data, &secret);
     let show = |p: &Path| p.display().to_string();
 
     // The output root is a symlink to /etc.

@@ -69,17 +69,29 @@ fn start(
         .get("PATH")
         .map(String::as_str)
         .unwrap_or(DEFAULT_PATH);
+    let user = req.user.unwrap_or(cfg.default_user);
+    let refused = |e: PolicyError| {
+        let code = match e {
+            PolicyError::Denied { .. }
+            | PolicyError::EnvDenied { .. }
+            | PolicyError::Writable { .. } => ErrorCode::CommandDenied,
+            PolicyError::NotFound { .. } => ErrorCode::NotFound,
+            PolicyError::EmptyArgv => ErrorCode::BadRequest,
+        };
+        (code, e.to_string())
+    };
     let program = cfg
         .policy
         .check(argv0, path_env, Path::new(cwd))
-        .map_err(|e| {
-            let code = match e {
-                PolicyError::Denied { .. } => ErrorCode::CommandDenied,
-                PolicyError::NotFound { .. } => ErrorCode::NotFound,
-                PolicyError::EmptyArgv => ErrorCode::BadRequest,
-            };
-            (code, e.to_string())
-        })?;
+        .map_err(refused)?;
+    cfg.policy
+        .check_env(req.env.keys().map(String::as_str))
+        .map_err(refused)?;
+    // Checked just before the exec, and again by nobody: what keeps the file
+    // from changing in between is exactly that the workload cannot write it.
+    cfg.policy
+        .check_not_writable(&program, &[user, cfg.default_user])
+        .map_err(refused)?;
     let limits = ExecLimits {
         memory_bytes: req.limits.memory_bytes.or(cfg.default_limits.memory_bytes),
         pids: req.limits.pids.or(cfg.default_limits.pids),
@@ -94,7 +106,6 @@ fn start(
         Cgroup::create(&cfg.cgroup_root, &name, &limits, &cfg.builtin_limits)
             .map_err(|e| (ErrorCode::Failed, e.to_string()))?,
     );
-    let user = req.user.unwrap_or(cfg.default_user);
 
     let mut cmd = Command::new(&program);
     cmd.arg0(argv0)

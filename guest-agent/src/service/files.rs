@@ -103,6 +103,14 @@ pub(super) fn put(conn: &Connection, s: &StreamState, req: PutRequest) {
     };
     let owner = req.owner.unwrap_or(conn.config.default_user);
     let result = match req.kind {
+        _ if conn.config.policy.protects(Path::new(&req.path)) => Err((
+            ErrorCode::PathDenied,
+            format!(
+                "put `{}` would replace an allowed command or a directory above one while a \
+                 command allowlist is in force; put files elsewhere (e.g. under /work)",
+                req.path
+            ),
+        )),
         FileKind::File => put_file(&conn.config, &req, owner, &mut reader),
         FileKind::Dir => put_dir(&conn.config, &req, owner, &mut reader),
         k => Err((
