@@ -62,7 +62,9 @@ pub struct BootData {
     pub secret: String,
     /// Command allowlist: absent = every command may run; present = only these
     /// absolute paths (compared without following the last symlink). Allowing
-    /// a shell allows everything that shell runs.
+    /// a shell allows everything that shell runs. Present also refuses
+    /// code-injecting exec env, puts over allowed programs, and allowed
+    /// programs the workload can write (see `policy`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_commands: Option<Vec<String>>,
     /// Disks.

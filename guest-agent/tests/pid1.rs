@@ -67,6 +67,31 @@ fn copy_shared_libs(bin: &str, root: &Path) {
     }
 }
 
+/// Saves the host's link-protection sysctls and writes them back on drop.
+struct SysctlRestore(Vec<(&'static str, String)>);
+
+impl SysctlRestore {
+    fn save() -> Self {
+        Self(
+            ["fs/protected_hardlinks", "fs/protected_symlinks"]
+                .into_iter()
+                .filter_map(|n| {
+                    let v = std::fs::read_to_string(format!("/proc/sys/{n}")).ok()?;
+                    Some((n, v))
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for SysctlRestore {
+    fn drop(&mut self) {
+        for (n, v) in &self.0 {
+            let _ = std::fs::write(format!("/proc/sys/{n}"), v);
+        }
+    }
+}
+
 struct Pid1(Child);
 
 impl Drop for Pid1 {
@@ -134,6 +159,15 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         std::os::unix::fs::symlink("busybox", base.join("bin").join(tool)).unwrap();
     }
     std::fs::write(base.join("etc/marker"), b"base image\n").unwrap();
+    // A setuid-root binary in the image (coreutils `id`: busybox would drop
+    // privileges by itself) must not raise the workload's privileges.
+    std::fs::copy("/usr/bin/id", base.join("bin/suid-id")).unwrap();
+    copy_shared_libs("/usr/bin/id", &base);
+    std::fs::set_permissions(
+        base.join("bin/suid-id"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
     let skill = tmp.path().join("skill");
     std::fs::create_dir_all(&skill).unwrap();
     std::fs::write(skill.join("skill.txt"), b"skill data\n").unwrap();
@@ -160,6 +194,8 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
     let boot = initramfs.join(".voidbox/boot.json");
     std::fs::write(&boot, data.to_json()).unwrap();
 
+    // PID 1 sets global sysctls (fs.* is not namespaced): put the host's back afterwards.
+    let _sysctls = SysctlRestore::save();
     let name = format!("voidbox-pid1-test-{}", &fresh_nonce()[..12]);
     let mut pid1 = start_pid1(
         &initramfs,
@@ -211,6 +247,15 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
         .find(|l| l.contains(" /opt/tools/skill2 "))
         .unwrap_or_else(|| panic!("skill at a path absent from the image: {mounts}"));
     assert!(skill2_line.contains("ro,nosuid,nodev"), "{skill2_line}");
+    // The image root is nosuid and nodev.
+    let overlay = mounts
+        .lines()
+        .find(|l| l.starts_with("overlay / overlay"))
+        .unwrap();
+    assert!(
+        overlay.contains("nosuid") && overlay.contains("nodev"),
+        "{overlay}"
+    );
     for m in [
         " /proc proc",
         " /sys sysfs",
@@ -258,6 +303,21 @@ fn agent_as_pid1_enters_the_base_image_and_serves() {
     let (out, _, st) = c.exec(7, argv(&["sh", "-c", "id -u; cat /.voidbox/boot.json; cat /proc/1/environ; cat /proc/2/environ; cat /proc/2/mem"]), None);
     assert_eq!(text(out), "65534\n");
     assert_ne!(st.code, Some(0));
+
+    // A1: the setuid bit survived into the image, but the workload keeps its
+    // uid, runs with NoNewPrivs, and the link-protection sysctls are on.
+    let (out, err, st) = c.exec(
+        8,
+        argv(&[
+            "sh",
+            "-c",
+            "stat -c %a /bin/suid-id; /bin/suid-id -u; grep NoNewPrivs /proc/self/status; \
+             cat /proc/sys/fs/protected_hardlinks /proc/sys/fs/protected_symlinks",
+        ]),
+        None,
+    );
+    assert_eq!(st.code, Some(0), "{}", text(err));
+    assert_eq!(text(out), "4755\n65534\nNoNewPrivs:\t1\n1\n1\n");
 
     // Orphans are reaped: after a burst of short background jobs, no zombies remain.
     for i in 0..5 {

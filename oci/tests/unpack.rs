@@ -143,8 +143,9 @@ fn malicious_layers_are_rejected() {
         }) => assert_eq!((l, entry.as_str()), (layer, "sparse")),
         other => panic!("sparse claim not rejected: {other:?}"),
     }
+    // The cap counts tar headers and padding too: "a" takes 512 + 600 + 424.
     let small = UnpackLimits {
-        max_total_bytes: 1000,
+        max_total_bytes: 2000,
         max_entries: 100,
     };
     let mut t = RawTar::default();
@@ -444,4 +445,149 @@ fn later_layers_replace_merge_and_hide() {
     assert_eq!(e[Path::new("c")].kind, voidbox_oci::unpack::NodeKind::File);
     assert_eq!(std::fs::read(root.join("c")).unwrap(), b"now a file");
     assert!(!root.join("d/x").exists() && root.join("d/z").exists());
+}
+
+/// Counts the bytes the unpacker pulls from `inner`.
+struct Counting<R> {
+    inner: R,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// A plain tar stream: one extension header of type `kind` claiming `size`
+/// bytes, then zeros (generated, never held in memory).
+fn huge_extension(kind: EntryType, size: u64) -> impl std::io::Read {
+    let mut h = tar::Header::new_gnu();
+    let name: &[u8] = if kind == EntryType::XHeader {
+        b"PaxHeader"
+    } else {
+        b"././@LongLink"
+    };
+    h.as_old_mut().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_cksum();
+    std::io::Read::chain(
+        std::io::Cursor::new(h.as_bytes().to_vec()),
+        std::io::Read::take(std::io::repeat(b'a'), size),
+    )
+}
+
+#[test]
+fn huge_tar_extension_headers_are_refused_early() {
+    for kind in [
+        EntryType::GNULongName,
+        EntryType::GNULongLink,
+        EntryType::XHeader,
+        EntryType::XGlobalHeader,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("tree");
+        std::fs::create_dir(&root).unwrap();
+        let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let input = std::io::BufReader::new(Counting {
+            inner: huge_extension(kind, 1 << 30),
+            read: read.clone(),
+        });
+        let mut tree = Tree::new(&root, UnpackLimits::default());
+        let result = tree.apply_layer("huge", input, None);
+        let read = read.load(std::sync::atomic::Ordering::Relaxed);
+        match result {
+            Err(OciError::UnsafeEntry { layer, reason, .. }) => {
+                assert_eq!(layer, "huge");
+                assert!(reason.contains("extension"), "{reason}");
+            }
+            other => panic!("{kind:?}: expected UnsafeEntry, got {other:?}"),
+        }
+        assert!(
+            read < 2 << 20,
+            "{kind:?}: read {read} bytes before refusing"
+        );
+    }
+}
+
+#[test]
+fn tar_overhead_counts_against_the_size_cap() {
+    // 64 empty files: 64 headers (32 KiB) and no content.
+    let mut t = RawTar::default();
+    for i in 0..64 {
+        t.file(&format!("f{i}"), 0o644, 0, b"");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let limits = UnpackLimits {
+        max_total_bytes: 16 << 10,
+        max_entries: 1000,
+    };
+    let mut tree = Tree::new(&root, limits);
+    match tree.apply_layer("headers", std::io::Cursor::new(t.finish()), None) {
+        Err(OciError::SizeCapExceeded { cap, .. }) => assert_eq!(cap, 16 << 10),
+        other => panic!("expected SizeCapExceeded, got {other:?}"),
+    }
+}
+
+#[test]
+fn long_names_pax_records_and_sparse_files_still_unpack() {
+    // tar's own writer: GNU long names and links, PAX records, a sparse file.
+    let long = format!("{}/{}", "d".repeat(120), "f".repeat(120));
+    let hdr = |kind: EntryType, mode: u32, size: u64, gnu: bool| {
+        let mut h = if gnu {
+            tar::Header::new_gnu()
+        } else {
+            tar::Header::new_ustar()
+        };
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_size(size);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = hdr(EntryType::Directory, 0o755, 0, true);
+    b.append_data(&mut h, "d".repeat(120), std::io::empty())
+        .unwrap();
+    let mut h = hdr(EntryType::Regular, 0o644, 5, true);
+    b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+    let mut h = hdr(EntryType::Symlink, 0o777, 0, true);
+    b.append_link(&mut h, "link", "t".repeat(200)).unwrap();
+    b.append_pax_extensions([("SCHILY.xattr.user.k", &b"v"[..])])
+        .unwrap();
+    let mut h = hdr(EntryType::Regular, 0o644, 3, false);
+    b.append_data(&mut h, "pax", &b"abc"[..]).unwrap();
+    // A PAX `size` record overrides the header's size field (0 here).
+    b.append_pax_extensions([("size", &b"3"[..])]).unwrap();
+    let mut h = hdr(EntryType::Regular, 0o644, 0, false);
+    b.append_data(&mut h, "paxsize", &b"xyz"[..]).unwrap();
+    let mut raw = RawTar {
+        data: b.into_inner().unwrap(),
+    };
+    raw.data.truncate(raw.data.len() - 1024);
+    raw.sparse("sparse", 1 << 20).file("last", 0o644, 0, b"end");
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("tree");
+    std::fs::create_dir(&root).unwrap();
+    let mut tree = Tree::new(&root, UnpackLimits::default());
+    tree.apply_layer("ok", std::io::Cursor::new(raw.finish()), None)
+        .unwrap();
+    assert_eq!(std::fs::read(root.join(&long)).unwrap(), b"hello");
+    assert_eq!(std::fs::read(root.join("pax")).unwrap(), b"abc");
+    assert_eq!(std::fs::read(root.join("paxsize")).unwrap(), b"xyz");
+    assert_eq!(std::fs::read(root.join("last")).unwrap(), b"end");
+    assert_eq!(
+        std::fs::read_link(root.join("link")).unwrap(),
+        std::path::PathBuf::from("t".repeat(200))
+    );
 }

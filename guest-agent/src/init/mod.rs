@@ -5,6 +5,7 @@
 mod disks;
 mod modules;
 mod mounts;
+mod sysctl;
 
 use std::os::unix::net::{SocketAddr, UnixListener};
 use std::sync::Arc;
@@ -116,6 +117,18 @@ pub fn run(args: &[String]) -> ! {
                 skill.serial, skill.path
             ));
         }
+    }
+    for (name, e) in sysctl::harden() {
+        tracing::error!(
+            "cannot set sysctl {} to 1: {e}; links the workload plants in shared directories \
+             are NOT neutralized (is /proc mounted read-write and is the agent root?)",
+            name.replace('/', ".")
+        );
+    }
+    // The OOM killer must pick a workload, never PID 1 or the service (a
+    // dead service resets the VM); every exec resets this to 0 before it runs.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
+        tracing::warn!("cannot protect the agent from the OOM killer: {e}");
     }
     let cgroup_root = mounts::cgroups().unwrap_or_else(|e| fatal(&format!("cgroup2: {e}")));
     let config = ServiceConfig::from_boot_data(&data, cgroup_root, Arc::new(|| reset()))

@@ -64,7 +64,7 @@ pub fn early() -> io::Result<()> {
 }
 
 /// Enters the base image: ext4 read-only lower, tmpfs upper, overlay as the
-/// new root, with the switch_root sequence (pivot_root fails from an initramfs).
+/// new root (all nosuid, nodev), with the switch_root sequence (pivot_root fails from an initramfs).
 pub fn switch_root(dev: &str) -> io::Result<()> {
     let layers = "/.voidbox-layers";
     mnt(
@@ -79,7 +79,7 @@ pub fn switch_root(dev: &str) -> io::Result<()> {
         dev,
         &lower,
         "ext4",
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )?;
     for d in ["upper", "work", "root"] {
@@ -87,7 +87,15 @@ pub fn switch_root(dev: &str) -> io::Result<()> {
     }
     let root = format!("{layers}/root");
     let opts = format!("lowerdir={lower},upperdir={layers}/upper,workdir={layers}/work");
-    mnt("overlay", &root, "overlay", MsFlags::empty(), Some(&opts))?;
+    // nosuid: a setuid-root binary in the (untrusted) image must not give the
+    // workload root; nodev: nor may a device node it carries.
+    mnt(
+        "overlay",
+        &root,
+        "overlay",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(&opts),
+    )?;
     for m in ["/dev", "/proc", "/sys", "/run", "/tmp"] {
         let target = format!("{root}{m}");
         std::fs::create_dir_all(&target)?;

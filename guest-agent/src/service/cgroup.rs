@@ -6,6 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Cgroup setup failures.
@@ -33,6 +34,30 @@ pub enum CgroupError {
     },
 }
 
+/// `pids.max` of an exec when neither the request nor the boot data set one:
+/// enough for parallel builds, low enough that a fork bomb stops there.
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+/// `memory.max` of an exec when neither the request nor the boot data set
+/// one, in percent of the guest's `MemTotal`: the rest stays for the kernel,
+/// the agent and tmpfs.
+pub const DEFAULT_MEMORY_PERCENT: u64 = 80;
+
+static FALLBACK_WARNED: AtomicBool = AtomicBool::new(false);
+
+/// The built-in defaults ([`DEFAULT_PIDS_MAX`], [`DEFAULT_MEMORY_PERCENT`] of
+/// `meminfo`'s `MemTotal`); no CPU default.
+pub fn builtin_limits(meminfo: &str) -> ExecLimits {
+    let total_kib = meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemTotal:")?;
+        rest.trim().strip_suffix("kB")?.trim().parse::<u64>().ok()
+    });
+    ExecLimits {
+        memory_bytes: total_kib.map(|k| k * 1024 / 100 * DEFAULT_MEMORY_PERCENT),
+        pids: Some(DEFAULT_PIDS_MAX),
+        cpu_millis: None,
+    }
+}
+
 /// The first cgroup2 mount point in `/proc/self/mounts`.
 pub fn find_cgroup2_mount() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
@@ -51,8 +76,15 @@ pub struct Cgroup {
 }
 
 impl Cgroup {
-    /// Creates `root/name` and applies `limits`.
-    pub fn create(root: &Path, name: &str, limits: &ExecLimits) -> Result<Self, CgroupError> {
+    /// Creates `root/name` and applies `limits` (a failure is an error), then
+    /// `fallback` where `limits` has no value (a failure is logged once: the
+    /// controller may be missing, e.g. on a host with cgroup v1 controllers).
+    pub fn create(
+        root: &Path,
+        name: &str,
+        limits: &ExecLimits,
+        fallback: &ExecLimits,
+    ) -> Result<Self, CgroupError> {
         let path = root.join(name);
         std::fs::create_dir(&path).map_err(|source| CgroupError::Create {
             path: path.clone(),
@@ -79,6 +111,19 @@ impl Cgroup {
         }
         if let Some(c) = limits.cpu_millis {
             cg.set("cpu.max", format!("{} 100000", (c * 100).max(1000)))?;
+        }
+        let defaults = [
+            ("memory.max", limits.memory_bytes, fallback.memory_bytes),
+            ("pids.max", limits.pids, fallback.pids),
+        ];
+        for (file, explicit, default) in defaults {
+            if let (None, Some(v)) = (explicit, default) {
+                if let Err(e) = cg.set(file, v.to_string()) {
+                    if !FALLBACK_WARNED.swap(true, Ordering::Relaxed) {
+                        tracing::warn!("default exec limit not applied: {e}");
+                    }
+                }
+            }
         }
         Ok(cg)
     }
@@ -137,5 +182,20 @@ impl Drop for Cgroup {
         if let Err(e) = std::fs::remove_dir(&self.path) {
             tracing::warn!("cannot remove cgroup {}: {e}", self.path.display());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_limits_cap_pids_and_memory() {
+        let l = builtin_limits("MemTotal:        1024000 kB\nMemFree: 1 kB\n");
+        assert_eq!(l.pids, Some(DEFAULT_PIDS_MAX));
+        assert_eq!(l.memory_bytes, Some(1024000 * 1024 / 100 * 80));
+        assert_eq!(l.cpu_millis, None);
+        // No MemTotal: still a pids cap.
+        assert_eq!(builtin_limits("").memory_bytes, None);
     }
 }

@@ -69,17 +69,29 @@ fn start(
         .get("PATH")
         .map(String::as_str)
         .unwrap_or(DEFAULT_PATH);
+    let user = req.user.unwrap_or(cfg.default_user);
+    let refused = |e: PolicyError| {
+        let code = match e {
+            PolicyError::Denied { .. }
+            | PolicyError::EnvDenied { .. }
+            | PolicyError::Writable { .. } => ErrorCode::CommandDenied,
+            PolicyError::NotFound { .. } => ErrorCode::NotFound,
+            PolicyError::EmptyArgv => ErrorCode::BadRequest,
+        };
+        (code, e.to_string())
+    };
     let program = cfg
         .policy
         .check(argv0, path_env, Path::new(cwd))
-        .map_err(|e| {
-            let code = match e {
-                PolicyError::Denied { .. } => ErrorCode::CommandDenied,
-                PolicyError::NotFound { .. } => ErrorCode::NotFound,
-                PolicyError::EmptyArgv => ErrorCode::BadRequest,
-            };
-            (code, e.to_string())
-        })?;
+        .map_err(refused)?;
+    cfg.policy
+        .check_env(req.env.keys().map(String::as_str))
+        .map_err(refused)?;
+    // Checked just before the exec, and again by nobody: what keeps the file
+    // from changing in between is exactly that the workload cannot write it.
+    cfg.policy
+        .check_not_writable(&program, &[user, cfg.default_user])
+        .map_err(refused)?;
     let limits = ExecLimits {
         memory_bytes: req.limits.memory_bytes.or(cfg.default_limits.memory_bytes),
         pids: req.limits.pids.or(cfg.default_limits.pids),
@@ -91,10 +103,9 @@ fn start(
         EXEC_COUNTER.fetch_add(1, Ordering::Relaxed)
     );
     let cgroup = Arc::new(
-        Cgroup::create(&cfg.cgroup_root, &name, &limits)
+        Cgroup::create(&cfg.cgroup_root, &name, &limits, &cfg.builtin_limits)
             .map_err(|e| (ErrorCode::Failed, e.to_string()))?,
     );
-    let user = req.user.unwrap_or(cfg.default_user);
 
     let mut cmd = Command::new(&program);
     cmd.arg0(argv0)
@@ -139,11 +150,22 @@ fn start(
             if want_ctty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // The agent protects itself from the OOM killer; the workload must not inherit that.
+            let adj = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY);
+            if adj >= 0 {
+                libc::write(adj, b"0".as_ptr().cast(), 1);
+                libc::close(adj);
+            }
             let groups = [gid];
             if libc::setgroups(1, groups.as_ptr()) < 0
                 || libc::setgid(gid) < 0
                 || libc::setuid(uid) < 0
             {
+                return Err(io::Error::last_os_error());
+            }
+            // No setuid/setgid bit or file capability raises the workload's
+            // privileges again (the image root is also nosuid).
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

@@ -103,6 +103,14 @@ pub(super) fn put(conn: &Connection, s: &StreamState, req: PutRequest) {
     };
     let owner = req.owner.unwrap_or(conn.config.default_user);
     let result = match req.kind {
+        _ if conn.config.policy.protects(Path::new(&req.path)) => Err((
+            ErrorCode::PathDenied,
+            format!(
+                "put `{}` would replace an allowed command or a directory above one while a \
+                 command allowlist is in force; put files elsewhere (e.g. under /work)",
+                req.path
+            ),
+        )),
         FileKind::File => put_file(&conn.config, &req, owner, &mut reader),
         FileKind::Dir => put_dir(&conn.config, &req, owner, &mut reader),
         k => Err((
@@ -280,9 +288,33 @@ pub(super) fn get(conn: &Connection, s: &StreamState, path: &str) {
     };
     let result = (|| -> Result<(), FileError> {
         let c = confine(&conn.config.file_roots, path)?;
-        let fd = resolve::open_in_root(&c.root, &c.rel, libc::O_RDONLY, 0)
-            .map_err(|e| io_error(path, "open", e))?;
+        let workload = conn.config.default_user.uid;
+        // The agent reads as root from places the workload writes: follow no
+        // link it may have planted. O_NONBLOCK: a planted FIFO must not hang us.
+        let fd = resolve::open_no_links(&c.root, &c.rel, libc::O_RDONLY | libc::O_NONBLOCK)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => (
+                    ErrorCode::PathDenied,
+                    format!(
+                        "get `{path}`: the path goes through a symlink; outputs are read \
+                         without following links (the workload could plant one to a file \
+                         it cannot read); name the real path"
+                    ),
+                ),
+                _ => io_error(path, "open", e),
+            })?;
         let st = resolve::fstat(&fd).map_err(|e| io_error(path, "stat", e))?;
+        if planted_hard_link(&st, workload) {
+            return Err((
+                ErrorCode::PathDenied,
+                format!(
+                    "get `{path}`: a hard link ({} links) to a file owned by uid {}, not by \
+                     the workload (uid {workload}); refused because the workload could have \
+                     linked a file it cannot read; copy the file instead of linking it",
+                    st.st_nlink, st.st_uid
+                ),
+            ));
+        }
         let kind = kind_of(st.st_mode);
         let size = if kind == FileKind::File {
             st.st_size as u64
@@ -308,7 +340,7 @@ pub(super) fn get(conn: &Connection, s: &StreamState, path: &str) {
         } else {
             let mut b = tar::Builder::new(&mut out);
             b.follow_symlinks(false);
-            walk(&mut b, &fd, Path::new("")).and_then(|_| b.finish())
+            walk(&mut b, &fd, Path::new(""), workload).and_then(|_| b.finish())
         };
         sent.map_err(|e| io_error(path, "read", e))?;
         let _ = conn.send_msg(
@@ -337,8 +369,26 @@ fn header_from(st: &libc::stat, ty: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
-/// Adds the contents of `dir` to the archive without following any symlink.
-fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, prefix: &Path) -> io::Result<()> {
+/// True for a regular file with more than one link that the workload (uid
+/// `workload`) does not own: with `fs.protected_hardlinks` off (or on a
+/// kernel without it) the workload can hard-link any file into an output
+/// directory, and the root agent must not copy it out. A root workload
+/// (`workload == 0`) can read everything anyway.
+fn planted_hard_link(st: &libc::stat, workload: u32) -> bool {
+    workload != 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && st.st_nlink > 1
+        && st.st_uid != workload
+}
+
+/// Adds the contents of `dir` to the archive without following any symlink,
+/// skipping hard links the workload may have planted ([`planted_hard_link`]).
+fn walk<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    prefix: &Path,
+    workload: u32,
+) -> io::Result<()> {
     let mut names: Vec<std::ffi::OsString> =
         std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))?
             .map(|e| e.map(|e| e.file_name()))
@@ -352,12 +402,28 @@ fn walk<W: Write>(b: &mut tar::Builder<W>, dir: &OwnedFd, prefix: &Path) -> io::
                 let mut h = header_from(&st, tar::EntryType::Directory, 0);
                 b.append_data(&mut h, &path, io::empty())?;
                 let child = resolve::open_child(dir, &name, libc::O_RDONLY | libc::O_DIRECTORY)?;
-                walk(b, &child, &path)?;
+                walk(b, &child, &path, workload)?;
             }
             FileKind::File => {
-                let f = File::from(resolve::open_child(dir, &name, libc::O_RDONLY)?);
+                let fd = resolve::open_child(dir, &name, libc::O_RDONLY | libc::O_NONBLOCK)?;
+                // Check the file we opened, not the name we listed.
+                let st = resolve::fstat(&fd)?;
+                if kind_of(st.st_mode) != FileKind::File {
+                    tracing::warn!("get: {} changed type while read; skipped", path.display());
+                    continue;
+                }
+                if planted_hard_link(&st, workload) {
+                    tracing::warn!(
+                        "get: skipping {}: a hard link ({} links) to a file of uid {}, \
+                         not the workload's (uid {workload})",
+                        path.display(),
+                        st.st_nlink,
+                        st.st_uid
+                    );
+                    continue;
+                }
                 let mut h = header_from(&st, tar::EntryType::Regular, st.st_size as u64);
-                b.append_data(&mut h, &path, f.take(st.st_size as u64))?;
+                b.append_data(&mut h, &path, File::from(fd).take(st.st_size as u64))?;
             }
             FileKind::Symlink => {
                 let target = resolve::read_link_at(dir, &name)?;

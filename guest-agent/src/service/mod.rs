@@ -11,7 +11,9 @@ mod resolve;
 mod sys;
 mod transport;
 
-pub use cgroup::{find_cgroup2_mount, CgroupError};
+pub use cgroup::{
+    builtin_limits, find_cgroup2_mount, CgroupError, DEFAULT_MEMORY_PERCENT, DEFAULT_PIDS_MAX,
+};
 pub use transport::{Transport, VsockListener};
 
 use crate::boot_data::BootData;
@@ -31,8 +33,11 @@ pub struct ServiceConfig {
     pub policy: CommandPolicy,
     /// Default exec user and owner of put files.
     pub default_user: UserSpec,
-    /// Default cgroup limits of every exec.
+    /// Default cgroup limits of every exec (from the boot data).
     pub default_limits: ExecLimits,
+    /// Limits applied where neither the request nor `default_limits` set one
+    /// (see [`cgroup::builtin_limits`]); a missing controller only warns.
+    pub builtin_limits: ExecLimits,
     /// Roots file transfers may touch.
     pub file_roots: Vec<PathBuf>,
     /// Directory (on a cgroup2 mount) under which each exec gets its own cgroup.
@@ -67,6 +72,9 @@ impl ServiceConfig {
             policy: CommandPolicy::new(data.allow_commands.as_deref()),
             default_user: data.user,
             default_limits: data.limits.clone(),
+            builtin_limits: builtin_limits(
+                &std::fs::read_to_string("/proc/meminfo").unwrap_or_default(),
+            ),
             file_roots: data.file_roots.iter().map(PathBuf::from).collect(),
             cgroup_root,
             handshake_timeout: Duration::from_secs(10),

@@ -88,6 +88,23 @@ pub(super) fn open_in_root(
     flags: i32,
     mode: u32,
 ) -> io::Result<OwnedFd> {
+    openat2(dir, rel, flags, mode, 0)
+}
+
+/// Like [`open_in_root`] but fails with `ELOOP` on any symlink below `dir`
+/// (`RESOLVE_NO_SYMLINKS`, and `O_NOFOLLOW` on the last component): for
+/// reads by the root agent of paths the workload can plant links in.
+pub(super) fn open_no_links(dir: &OwnedFd, rel: &Path, flags: i32) -> io::Result<OwnedFd> {
+    openat2(
+        dir,
+        rel,
+        flags | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+}
+
+fn openat2(dir: &OwnedFd, rel: &Path, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -102,7 +119,7 @@ pub(super) fn open_in_root(
     } else {
         0
     };
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | resolve;
     loop {
         // SAFETY: valid dirfd, NUL-terminated path, and a valid open_how of the size passed.
         let fd = unsafe {

@@ -136,3 +136,58 @@ pub fn argv(a: &[&str]) -> ExecRequest {
         ..Default::default()
     }
 }
+
+impl Raw {
+    /// Gets `path` on `stream` (small results only: no credit is returned).
+    /// Ok(data) after `Done`, Err(code, message) on an error reply.
+    pub fn get(
+        &mut self,
+        stream: u32,
+        path: &str,
+    ) -> Result<Vec<u8>, (voidbox_guest_agent::protocol::ErrorCode, String)> {
+        self.send(stream, &Message::Get { path: path.into() });
+        let mut data = Vec::new();
+        loop {
+            let f = self.recv().expect("get frames");
+            assert_eq!(f.stream, stream);
+            match f.kind {
+                FrameKind::FileData => data.extend(f.payload),
+                FrameKind::Message => match Message::from_bytes(&f.payload).unwrap() {
+                    Message::Done => return Ok(data),
+                    Message::Error(e) => return Err((e.code, e.message)),
+                    _ => {}
+                },
+                k => panic!("unexpected {k:?}"),
+            }
+        }
+    }
+}
+
+/// An authenticated connection to a fresh in-process service built from
+/// `data` (its cgroup root is the temp dir: only requests refused before an
+/// exec starts, and file transfers, work).
+pub fn connect_in_process(data: &voidbox_guest_agent::BootData, secret: &Secret) -> Raw {
+    use voidbox_guest_agent::service::{Service, ServiceConfig};
+    let config =
+        ServiceConfig::from_boot_data(data, std::env::temp_dir(), std::sync::Arc::new(|| {}))
+            .unwrap();
+    let service = Service::new(config);
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::spawn(move || service.serve(Box::new(a)));
+    let mut r = Raw::new(b);
+    r.auth(secret);
+    r
+}
+
+impl Raw {
+    /// Sends a request on `stream` and returns the first message reply.
+    pub fn request(&mut self, stream: u32, m: &Message) -> Message {
+        self.send(stream, m);
+        loop {
+            let f = self.recv().expect("a reply");
+            if f.stream == stream && f.kind == FrameKind::Message {
+                return Message::from_bytes(&f.payload).unwrap();
+            }
+        }
+    }
+}

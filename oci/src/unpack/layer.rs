@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 
 use tar::EntryType;
 
+use std::sync::atomic::Ordering;
+
+use super::guard::{HeaderGuard, Violation, MAX_EXTENSION_BYTES};
 use super::meta::{EntryMeta, NodeKind};
 use super::path::normalize;
 use super::Tree;
@@ -54,14 +57,39 @@ impl Tree {
         let mut hashing = HashingReader::new(uncompressed);
         self.layer_created.clear();
         {
-            let mut archive = tar::Archive::new(&mut hashing);
-            let entries = archive
-                .entries()
-                .map_err(|e| bad(format!("not a tar stream: {e}")))?;
-            for entry in entries {
-                let entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
-                self.apply_entry(layer, entry)?;
+            // Headers, extension entries and padding count against the cap too.
+            let cap = self.limits.max_total_bytes.saturating_sub(self.total_bytes);
+            let mut guard = HeaderGuard::new(&mut hashing, self.meta_bytes.clone(), cap);
+            let result = (|| {
+                let mut archive = tar::Archive::new(&mut guard);
+                let entries = archive
+                    .entries()
+                    .map_err(|e| bad(format!("not a tar stream: {e}")))?;
+                for entry in entries {
+                    let entry = entry.map_err(|e| bad(format!("corrupt tar stream: {e}")))?;
+                    self.apply_entry(layer, entry)?;
+                }
+                Ok(())
+            })();
+            if let Some(v) = guard.violation() {
+                return Err(match v.clone() {
+                    Violation::Extension { entry, kind, size } => OciError::UnsafeEntry {
+                        layer: layer.to_string(),
+                        entry,
+                        reason: format!(
+                            "tar extension entry (type `{kind}`) of {size} bytes; at most \
+                             {MAX_EXTENSION_BYTES} bytes are accepted (long names, links and \
+                             PAX records are small; rebuild the layer)"
+                        ),
+                    },
+                    Violation::Overhead { entry } => OciError::SizeCapExceeded {
+                        layer: layer.to_string(),
+                        entry,
+                        cap: self.limits.max_total_bytes,
+                    },
+                });
             }
+            result?;
         }
         let (actual, _) = hashing
             .finish()
@@ -160,7 +188,11 @@ impl Tree {
             }
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let claimed = claimed_size(&entry);
-                let remaining = self.limits.max_total_bytes.saturating_sub(self.total_bytes);
+                let remaining = self
+                    .limits
+                    .max_total_bytes
+                    .saturating_sub(self.total_bytes)
+                    .saturating_sub(self.meta_bytes.load(Ordering::Relaxed));
                 if claimed > remaining {
                     return Err(OciError::SizeCapExceeded {
                         layer: layer.to_string(),
@@ -179,7 +211,9 @@ impl Tree {
                 )
                 .map_err(|e| unsafe_entry(format!("reading content: {e}")))?;
                 self.total_bytes += copied;
-                if self.total_bytes > self.limits.max_total_bytes {
+                if self.total_bytes + self.meta_bytes.load(Ordering::Relaxed)
+                    > self.limits.max_total_bytes
+                {
                     return Err(OciError::SizeCapExceeded {
                         layer: layer.to_string(),
                         entry: String::from_utf8_lossy(&raw_path).into_owned(),

@@ -5,15 +5,20 @@
 //! is ever written through a symlink (an entry "through" a symlink is rejected); hardlink
 //! targets must be regular files already in the tree; device nodes and FIFOs are only
 //! recorded, never created on the host; the sum of entry sizes (sparse files count at their
-//! full size) is capped. Whiteouts (`.wh.<name>`) and opaque markers (`.wh..wh..opq`)
+//! full size) plus every non-content byte (tar headers, extension entries, padding) is
+//! capped, and extension entries (GNU long names, PAX records) over 1 MiB are refused
+//! before the `tar` crate reads them into memory ([`guard`]). Whiteouts (`.wh.<name>`) and opaque markers (`.wh..wh..opq`)
 //! follow the OCI layer spec. Every error names the layer and the entry.
 
+mod guard;
 mod layer;
 pub mod meta;
 pub mod path;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
 pub use meta::{EntryMeta, NodeKind};
 
@@ -22,7 +27,8 @@ use crate::error::{IoContext, Result};
 /// Limits applied while unpacking.
 #[derive(Debug, Clone, Copy)]
 pub struct UnpackLimits {
-    /// Total bytes of file content over all layers.
+    /// Total bytes of file content plus tar headers, extension entries and padding over
+    /// all layers.
     pub max_total_bytes: u64,
     /// Total number of entries over all layers.
     pub max_entries: u64,
@@ -48,6 +54,9 @@ pub struct Tree {
     entries: BTreeMap<PathBuf, EntryMeta>,
     limits: UnpackLimits,
     total_bytes: u64,
+    /// Bytes of tar headers, extension entries and padding (shared with the
+    /// layer's [`guard::HeaderGuard`]); they count against the same cap.
+    meta_bytes: Arc<AtomicU64>,
     total_entries: u64,
     /// Paths created by the layer being applied (opaque dirs keep these).
     layer_created: BTreeSet<PathBuf>,
@@ -63,6 +72,7 @@ impl Tree {
             entries,
             limits,
             total_bytes: 0,
+            meta_bytes: Arc::new(AtomicU64::new(0)),
             total_entries: 0,
             layer_created: BTreeSet::new(),
         }

@@ -8,7 +8,15 @@
 //! then executes exactly the path it checked, so no second PATH lookup can
 //! pick another file. Allowing a shell (or any interpreter) allows everything
 //! it runs.
+//!
+//! Under an allowlist the agent also refuses an exec environment that could
+//! inject code ([`env`]), an allowed program that the workload can write
+//! ([`owner`]), and puts onto allowed programs (see [`CommandPolicy::protects`]).
 
+pub mod env;
+pub mod owner;
+
+use crate::protocol::UserSpec;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -40,6 +48,30 @@ pub enum PolicyError {
         resolved: String,
         /// The allowlist, comma-separated.
         allowed: String,
+    },
+    /// The exec environment sets a variable that can inject code.
+    #[error(
+        "environment variable `{name}` is not allowed while a command allowlist is in force: \
+         it can make an allowed program load or run other code; remove it from the exec's \
+         env (or from the image's); see docs/security.md for the list"
+    )]
+    EnvDenied {
+        /// The variable.
+        name: String,
+    },
+    /// The allowed program, or a directory above it, is writable by the workload.
+    #[error(
+        "command {program} is allowed, but {path} is writable by the workload (uid {uid}): \
+         it could replace the program; an allowed program and every directory above it must \
+         be owned by root and not group- or world-writable (put it with owner root, mode 0755)"
+    )]
+    Writable {
+        /// The checked program.
+        program: String,
+        /// The writable file or directory.
+        path: String,
+        /// The workload uid that can write it.
+        uid: u32,
     },
 }
 
@@ -128,6 +160,51 @@ impl CommandPolicy {
     /// True when an allowlist is in force.
     pub fn is_restricted(&self) -> bool {
         self.allow.is_some()
+    }
+
+    /// Under an allowlist, refuses an environment that can inject code
+    /// ([`env::first_denied`]).
+    pub fn check_env<'a>(&self, names: impl Iterator<Item = &'a str>) -> Result<(), PolicyError> {
+        match (&self.allow, env::first_denied(names)) {
+            (Some(_), Some(name)) => Err(PolicyError::EnvDenied { name: name.into() }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Under an allowlist, refuses `program` (as returned by [`Self::check`])
+    /// when one of `users` can write it, the file it links to, or a directory
+    /// above either.
+    pub fn check_not_writable(
+        &self,
+        program: &Path,
+        users: &[UserSpec],
+    ) -> Result<(), PolicyError> {
+        if self.allow.is_none() {
+            return Ok(());
+        }
+        match owner::first_writable(program, users) {
+            Some((path, u)) => Err(PolicyError::Writable {
+                program: program.display().to_string(),
+                path: path.display().to_string(),
+                uid: u.uid,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// True when writing `path` (absolute) could replace an allowed program:
+    /// it is an allowed path, a directory above one, or (after following
+    /// symlinks) the file an allowed path runs or a directory above it.
+    pub fn protects(&self, path: &Path) -> bool {
+        let Some(list) = &self.allow else {
+            return false;
+        };
+        let lexical = normalize(path, Path::new("/"));
+        let real = std::fs::canonicalize(path).ok();
+        let hits =
+            |a: &Path| a.starts_with(&lexical) || real.as_ref().is_some_and(|r| a.starts_with(r));
+        list.iter()
+            .any(|a| hits(a) || std::fs::canonicalize(a).is_ok_and(|real_a| hits(&real_a)))
     }
 
     /// Resolves argv[0] and checks it; returns the path to execute.
