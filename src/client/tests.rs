@@ -367,10 +367,11 @@ fn files_put_get_stat_and_escapes() {
     symlink(dir.path().join("outside"), root.join("abs-link")).unwrap();
     symlink("../outside", root.join("rel-link")).unwrap();
     symlink("/", root.join("dir-link")).unwrap();
+    // `get` follows no link at all (audit A4), so these are refused, not resolved.
     for p in ["abs-link", "rel-link"] {
         let mut out = Vec::new();
         let e = c.get(&format!("{r}/{p}"), &mut out).unwrap_err();
-        assert_eq!(e.remote_code(), Some(ErrorCode::NotFound), "{p}: {e}");
+        assert_eq!(e.remote_code(), Some(ErrorCode::PathDenied), "{p}: {e}");
         assert!(out.is_empty());
     }
     // Writing through a symlinked directory stays inside the root.
