@@ -350,4 +350,76 @@ workflow:
         0,
         "no run directory after a boot timeout"
     );
+
+    // 10. Guest hardening (audit A1/A4/A6) seen from a workload: no new privileges,
+    //     link protection on, the exec's own cgroup limits; and an output that is a
+    //     planted symlink to /etc is refused by the agent, not followed.
+    let spec = env.spec(
+        "harden.yaml",
+        r#"api_version: v1
+kind: workflow
+name: harden
+sandbox:
+  outputs: [{guest: /work/etc-link, host: etc-out}]
+workflow:
+  steps:
+    - name: checks
+      shell: |
+        grep NoNewPrivs /proc/self/status
+        echo "hardlinks=$(cat /proc/sys/fs/protected_hardlinks) symlinks=$(cat /proc/sys/fs/protected_symlinks)"
+        echo "self_oom=$(cat /proc/self/oom_score_adj)"
+        echo "pids_max=$(cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/pids.max)"
+        mkdir -p /work && ln -s /etc /work/etc-link
+"#,
+    );
+    let o = env.voidbox(&["run", "--json", "--file", &spec]);
+    let ev = events(&o);
+    let out: String = ev
+        .iter()
+        .filter(|e| e["event"] == "output" && e["step"] == "checks")
+        .map(|e| e["data"].as_str().unwrap().to_string())
+        .collect();
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(out.contains("hardlinks=1 symlinks=1"), "{out}");
+    assert!(out.contains("self_oom=0"), "{out}");
+    assert!(out.contains("pids_max=4096"), "{out}");
+    assert_ne!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("without following links"), "{e}");
+    assert!(!env.work.path().join("etc-out/passwd").exists());
+
+    // 11. Chained links in an output that resolve outside its host directory (H3).
+    std::fs::write(env.work.path().join("secret"), "host secret\n").unwrap();
+    let spec = env.spec(
+        "chained.yaml",
+        "api_version: v1\nkind: workflow\nname: chained\nsandbox:\n  outputs: [{guest: /work/out, host: chain-out}]\nworkflow:\n  steps:\n    - {name: plant, shell: 'mkdir -p /work/out/a && ln -s .. /work/out/a/b && ln -s a/b/a/b/../secret /work/out/x'}\n",
+    );
+    let o = env.voidbox(&["run", "--file", &spec]);
+    assert_ne!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("resolves outside"), "{e}");
+    assert!(std::fs::symlink_metadata(env.work.path().join("chain-out/x")).is_err());
+
+    // 12. An output far over sandbox.max_output_mb (a 20 GiB sparse file) fails early
+    //     with the limit named, and leaves no staging file (H1).
+    let spec = env.spec(
+        "cap.yaml",
+        "api_version: v1\nkind: workflow\nname: cap\nsandbox:\n  max_output_mb: 1\n  outputs: [{guest: /work/out, host: cap-out}]\nworkflow:\n  steps:\n    - {name: big, shell: 'mkdir -p /work/out && truncate -s 20G /work/out/big'}\n",
+    );
+    let o = env.voidbox(&["run", "--file", &spec]);
+    assert_ne!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("sandbox.max_output_mb"), "{e}");
+    assert!(!env.work.path().join("cap-out/big").exists());
+    let staging: Vec<_> = std::fs::read_dir(env.work.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".voidbox-output-")
+        })
+        .collect();
+    assert!(staging.is_empty(), "staging files left: {staging:?}");
+    assert_eq!(env.run_dirs_left(), 0);
 }
