@@ -31,3 +31,17 @@ rustup target add x86_64-unknown-linux-musl
 
 step "guest kernel (Debian package, unpacked into the kernel store)"
 scripts/setup-kernel.sh
+
+# Everything the tests need is fetched here, never inside `cargo test`: the kernel (pinned
+# above, its .deb kept in the deb cache), busybox-static for guest images, and the example
+# images (Debian packages through debootstrap).
+home=${VOIDBOX_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/voidbox}
+debs="$home/debs"
+if ! ls "$debs"/busybox-static_*.deb >/dev/null 2>&1; then
+  step "busybox-static .deb into $debs"
+  mkdir -p "$debs"
+  (cd "$debs" && apt-get download -q busybox-static)
+fi
+
+step "example images (debootstrap; skipped when already built)"
+examples/images/build.sh "$PWD/target/example-images" --layouts-only

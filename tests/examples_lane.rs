@@ -19,6 +19,7 @@ fn voidbox(home: &Path, args: &[&str]) -> Output {
     let out = Command::new(BIN)
         .args(args)
         .env("VOIDBOX_HOME", home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .env("OPENAI_API_KEY", "sk-test-not-a-real-key")
         .env_remove("VOIDBOX_KERNEL")
         .env_remove("VOIDBOX_INITRAMFS")
@@ -36,6 +37,7 @@ fn voidbox(home: &Path, args: &[&str]) -> Output {
 #[test]
 fn examples_run_in_microvms() {
     support::require_qemu();
+    support::require_setup();
     // Shared with tests/lane_run.rs (test binaries run one at a time): one
     // kernel download and one store.
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
@@ -48,6 +50,7 @@ fn examples_run_in_microvms() {
         .arg(&images)
         .arg(BIN)
         .env("VOIDBOX_HOME", &home)
+        .env("VOIDBOX_EXAMPLES_OFFLINE", "1")
         .status()
         .unwrap();
     assert!(status.success(), "examples/images/build.sh failed");

@@ -22,6 +22,7 @@ impl Env {
         let out = Command::new(BIN)
             .args(args)
             .env("VOIDBOX_HOME", &self.home)
+            .env("VOIDBOX_DEB_CACHE", support::deb_cache())
             .env_remove("VOIDBOX_KERNEL")
             .env_remove("VOIDBOX_INITRAMFS")
             .output()
@@ -63,6 +64,7 @@ fn step_finished<'a>(ev: &'a [serde_json::Value], step: &str) -> Option<&'a serd
 #[test]
 fn workflows_in_real_microvms() {
     support::require_qemu();
+    support::require_setup();
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
     let env = Env {
         home,
@@ -204,6 +206,7 @@ workflow:
             "read line; echo \"got $line\"; exit 7",
         ])
         .env("VOIDBOX_HOME", &env.home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -225,6 +228,7 @@ workflow:
     let mut child = Command::new(BIN)
         .args(["run", "--json", "--file", &spec])
         .env("VOIDBOX_HOME", &env.home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -268,6 +272,7 @@ workflow:
     let mut child = Command::new(BIN)
         .args(["run", "--json", "--file", &spec])
         .env("VOIDBOX_HOME", &env.home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

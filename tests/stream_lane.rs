@@ -21,11 +21,13 @@ const DEADLINE: Duration = Duration::from_secs(600);
 #[test]
 fn a_48_mb_step_streams_to_the_end_every_time() {
     support::require_qemu();
+    support::require_setup();
     // Shared with the other lane tests (test binaries run one at a time): one store.
     let home = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("voidbox-lane-home");
     let o = Command::new(BIN)
         .args(["guest", "build"])
         .env("VOIDBOX_HOME", &home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .output()
         .unwrap();
     assert!(
@@ -68,6 +70,7 @@ fn run_once(home: &std::path::Path, spec: &std::path::Path) -> (u64, Option<i32>
         .args(["run", "--file"])
         .arg(spec)
         .env("VOIDBOX_HOME", home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -4,10 +4,12 @@
 #   toolchain  debootstrap minbase + gcc, libc6-dev, make   (examples/ci-build.yaml)
 #   python     debootstrap minbase + python3                  (examples/agent-tool.yaml)
 #   text-tools examples/skills/text-tools as a one-layer image (examples/skills.yaml)
-# Usage: examples/images/build.sh [OUT_DIR] [VOIDBOX]
+# Usage: examples/images/build.sh [OUT_DIR] [VOIDBOX | --layouts-only]
 # OUT_DIR defaults to target/example-images (where the specs look); VOIDBOX
 # to target/debug/voidbox. Needs root, debootstrap and umoci; reruns skip
-# layouts that exist.
+# layouts that exist. --layouts-only builds the layouts without importing them
+# (scripts/setup.sh); VOIDBOX_EXAMPLES_OFFLINE=1 refuses to build a missing
+# layout (the tests: nothing is downloaded inside `cargo test`).
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -38,6 +40,10 @@ layout_from_rootfs() {
 debian_image() {
     name=$1 packages=$2
     [ -d "$out/$name" ] && { echo "$name: exists"; return; }
+    if [ "${VOIDBOX_EXAMPLES_OFFLINE:-0}" = 1 ]; then
+        echo "example image $name is missing from $out: run scripts/setup.sh first" >&2
+        exit 1
+    fi
     echo "$name: debootstrap $suite with $packages"
     debootstrap --variant=minbase --include="$packages" "$suite" "$work/$name" "$mirror" >"$work/$name.log" 2>&1 \
         || { tail -20 "$work/$name.log"; exit 1; }
@@ -52,6 +58,7 @@ if [ ! -d "$out/text-tools" ]; then
     cp -a "$repo/examples/skills/text-tools/." "$work/text-tools/"
     layout_from_rootfs text-tools v1 "$work/text-tools"
 fi
+[ "$voidbox" = --layouts-only ] && exit 0
 for ref in "oci:$out/toolchain:$suite" "oci:$out/python:$suite" "oci:$out/text-tools:v1"; do
     "$voidbox" image pull "$ref"
 done

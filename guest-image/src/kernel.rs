@@ -13,6 +13,16 @@
 //! Entries are built in a temp directory and renamed into place, so a crash leaves no
 //! half-written entry.
 //!
+//! # The pinned kernel
+//! `scripts/setup.sh` records the kernel it fetched in a *pin* (`kernel.pin.json`: package,
+//! version, sha256) next to the kept `.deb` in a deb cache directory (`$VOIDBOX_HOME/debs`).
+//! [`KernelStore::ensure`] with that directory in [`FetchOptions::deb_dirs`] uses exactly the
+//! pinned kernel and never asks apt, so tests and runs after setup need no network and see
+//! the kernel setup recorded. [`KernelStore::refresh_pin`] (setup) keeps the pin when its
+//! `.deb` is still cached, downloads that exact version when not, and when Debian has
+//! replaced it (security updates remove old kernel packages) takes the current version,
+//! says so loudly and records it.
+//!
 //! # Kernel configuration that matters (Debian 6.1 generic, checked in `boot/config-*`)
 //! - `CONFIG_PVH=y`: the ELF vmlinux has a PVH entry note (direct boot, no decompressor).
 //! - `CONFIG_KERNEL_XZ=y`: the bzImage payload is xz (see `bzimage`).
@@ -139,6 +149,68 @@ impl GuestKernel {
     }
 }
 
+/// The file, in a deb cache directory, that names the kernel setup recorded.
+pub const PIN_FILE: &str = "kernel.pin.json";
+
+/// What a pin records: exactly which kernel package to use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelPin {
+    /// Versioned package name.
+    pub package: String,
+    /// Exact Debian package version.
+    pub version: String,
+    /// sha256 (hex) of the `.deb`.
+    pub deb_sha256: String,
+}
+
+impl KernelPin {
+    /// The pin in `dir`, if there is one.
+    pub fn read(dir: &Path) -> Result<Option<KernelPin>> {
+        let path = dir.join(PIN_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("read", &path, e)),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::BadStoreEntry {
+                path: path.clone(),
+                reason: format!("bad kernel pin ({e}); delete it and run scripts/setup.sh"),
+            })
+    }
+
+    /// Write the pin into `dir` (atomically: a temp file renamed into place).
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(PIN_FILE);
+        let tmp = dir.join(format!(".{PIN_FILE}.{}", std::process::id()));
+        let json = serde_json::to_string_pretty(self).expect("pin serializes");
+        std::fs::write(&tmp, json).map_err(|e| Error::io("write", &tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io("rename into place", &path, e)
+        })
+    }
+}
+
+/// What [`KernelStore::refresh_pin`] did to the pin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PinChange {
+    /// The recorded kernel was kept.
+    Kept,
+    /// There was no pin; the current kernel was recorded.
+    New,
+    /// The recorded kernel could not be had any more (Debian replaced it); the current one
+    /// was taken and recorded instead.
+    Replaced {
+        /// The pin that was replaced.
+        old: KernelPin,
+        /// Why its package could not be had.
+        why: String,
+    },
+}
+
 /// Where `.deb` files may already be (checked before downloading).
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
@@ -149,11 +221,16 @@ pub struct FetchOptions {
 }
 
 impl FetchOptions {
-    /// Defaults plus `VOIDBOX_DEB_CACHE` (colon-separated directories) if set.
+    /// `VOIDBOX_DEB_CACHE` (colon-separated directories) if set, then the default deb cache
+    /// ([`default_deb_cache`]), where setup keeps the kernel pin.
     pub fn from_env() -> Self {
-        let deb_dirs = std::env::var_os("VOIDBOX_DEB_CACHE")
+        let mut deb_dirs: Vec<PathBuf> = std::env::var_os("VOIDBOX_DEB_CACHE")
             .map(|v| std::env::split_paths(&v).collect())
             .unwrap_or_default();
+        let default = default_deb_cache();
+        if !deb_dirs.contains(&default) {
+            deb_dirs.push(default);
+        }
         FetchOptions {
             package: None,
             deb_dirs,
@@ -167,15 +244,27 @@ pub struct KernelStore {
     root: PathBuf,
 }
 
-/// `$VOIDBOX_HOME`, or `~/.cache/voidbox`.
+/// Where voidbox keeps its state: `$VOIDBOX_HOME`, else `$XDG_CACHE_HOME/voidbox`, else
+/// `~/.cache/voidbox` (empty variables count as unset). The runtime uses this too.
 pub fn voidbox_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("VOIDBOX_HOME") {
-        return PathBuf::from(h);
+    if let Some(home) = std::env::var_os("VOIDBOX_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(home);
     }
-    let home = std::env::var_os("HOME")
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache/voidbox")
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })
+        .unwrap_or_else(|| PathBuf::from("/var/cache"));
+    base.join("voidbox")
+}
+
+/// The deb cache setup fills: the kernel `.deb` and its pin, busybox-static.
+pub fn default_deb_cache() -> PathBuf {
+    voidbox_home().join("debs")
 }
 
 fn run(cmd: &mut Command, fix: &'static str) -> Result<String> {
@@ -201,6 +290,36 @@ fn run(cmd: &mut Command, fix: &'static str) -> Result<String> {
 
 const APT_FIX: &str = "run `apt-get update` (Debian/Ubuntu host with network access needed)";
 const DPKG_FIX: &str = "install dpkg (`apt-get install -y dpkg`)";
+
+/// `apt-get download package=version` into `dir` (through a temp directory, so a failed
+/// download leaves nothing); returns the `.deb`.
+fn download_deb(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+    let dl = tempfile::Builder::new()
+        .prefix(".download-")
+        .tempdir_in(dir)
+        .map_err(|e| Error::io("create temp dir in", dir, e))?;
+    tracing::info!(%package, %version, "downloading the guest kernel package");
+    run(
+        Command::new("apt-get")
+            .args(["download", "-q"])
+            .arg(format!("{package}={version}"))
+            .current_dir(dl.path()),
+        APT_FIX,
+    )?;
+    let name = std::fs::read_dir(dl.path())
+        .map_err(|e| Error::io("list", dl.path(), e))?
+        .flatten()
+        .map(|e| e.file_name())
+        .find(|n| n.to_string_lossy().ends_with(".deb"))
+        .ok_or_else(|| Error::Tool {
+            tool: format!("apt-get download {package}={version}"),
+            detail: "no .deb appeared".into(),
+            fix: APT_FIX,
+        })?;
+    let dest = dir.join(&name);
+    std::fs::rename(dl.path().join(&name), &dest).map_err(|e| Error::io("move", &dest, e))?;
+    Ok(dest)
+}
 
 /// Follows a metapackage to the versioned `linux-image-*` package it depends on.
 pub fn resolve_package(package: &str) -> Result<String> {
@@ -315,9 +434,18 @@ impl KernelStore {
         })
     }
 
-    /// Makes sure the package's current version is in the store (fetching and unpacking it
+    /// The kernel pinned in the first of `opts.deb_dirs` that holds a pin (unpacked from the
+    /// cached `.deb`, whose sha256 must match, if the store lacks it; never downloads); else
+    /// makes sure the package's current version is in the store (fetching and unpacking it
     /// if needed) and returns it.
     pub fn ensure(&self, opts: &FetchOptions) -> Result<GuestKernel> {
+        if opts.package.is_none() {
+            for dir in &opts.deb_dirs {
+                if let Some(pin) = KernelPin::read(dir)? {
+                    return self.open_pinned(&pin, dir);
+                }
+            }
+        }
         let meta = opts.package.as_deref().unwrap_or(DEFAULT_PACKAGE);
         let package = resolve_package(meta)?;
         let version = candidate_version(&package)?;
@@ -350,6 +478,95 @@ impl KernelStore {
             }
         };
         self.add_deb(&deb)
+    }
+
+    /// The store entry of `pin`, unpacked from its `.deb` in `dir` when missing.
+    fn open_pinned(&self, pin: &KernelPin, dir: &Path) -> Result<GuestKernel> {
+        let entry = self.root.join(entry_name(&pin.package, &pin.version));
+        if entry.join("manifest.json").is_file() {
+            let k = GuestKernel::open(&entry)?;
+            if k.manifest.deb_sha256 == pin.deb_sha256 {
+                return Ok(k);
+            }
+        }
+        let deb = self
+            .find_cached_deb(&[dir.to_path_buf()], &pin.package, &pin.version)?
+            .ok_or_else(|| Error::BadStoreEntry {
+                path: dir.join(PIN_FILE),
+                reason: format!(
+                    "the pinned kernel {} {} is not in {}; run scripts/setup.sh",
+                    pin.package,
+                    pin.version,
+                    dir.display()
+                ),
+            })?;
+        let sha = sha256_file(&deb)?;
+        if sha != pin.deb_sha256 {
+            return Err(Error::BadStoreEntry {
+                path: deb,
+                reason: format!(
+                    "sha256 {sha} differs from the pinned {}; delete it and run scripts/setup.sh",
+                    pin.deb_sha256
+                ),
+            });
+        }
+        self.add_deb(&deb)
+    }
+
+    /// For setup: make sure a pinned kernel and its `.deb` are in `deb_dir` and the store.
+    /// An existing pin whose `.deb` is cached is kept as it is (no network); one whose `.deb`
+    /// is missing is downloaded at exactly its version; if Debian no longer has that version,
+    /// the current one is taken, a warning says so, and the pin is rewritten. Returns the
+    /// kernel and what happened to the pin.
+    pub fn refresh_pin(
+        &self,
+        deb_dir: &Path,
+        package: Option<&str>,
+    ) -> Result<(GuestKernel, PinChange)> {
+        std::fs::create_dir_all(deb_dir).map_err(|e| Error::io("create", deb_dir, e))?;
+        if let Some(pin) = KernelPin::read(deb_dir)? {
+            let cached =
+                self.find_cached_deb(&[deb_dir.to_path_buf()], &pin.package, &pin.version)?;
+            if cached.is_none() {
+                if let Err(e) = download_deb(&pin.package, &pin.version, deb_dir) {
+                    tracing::warn!(
+                        "the recorded guest kernel {} {} cannot be downloaded ({e}); taking the current version",
+                        pin.package,
+                        pin.version
+                    );
+                    let k = self.pin_current(deb_dir, package)?;
+                    return Ok((
+                        k,
+                        PinChange::Replaced {
+                            old: pin,
+                            why: e.to_string(),
+                        },
+                    ));
+                }
+            }
+            return self
+                .open_pinned(&pin, deb_dir)
+                .map(|k| (k, PinChange::Kept));
+        }
+        self.pin_current(deb_dir, package)
+            .map(|k| (k, PinChange::New))
+    }
+
+    fn pin_current(&self, deb_dir: &Path, package: Option<&str>) -> Result<GuestKernel> {
+        let package = resolve_package(package.unwrap_or(DEFAULT_PACKAGE))?;
+        let version = candidate_version(&package)?;
+        let deb = match self.find_cached_deb(&[deb_dir.to_path_buf()], &package, &version)? {
+            Some(d) => d,
+            None => download_deb(&package, &version, deb_dir)?,
+        };
+        let kernel = self.add_deb(&deb)?;
+        KernelPin {
+            package: kernel.manifest.package.clone(),
+            version: kernel.manifest.version.clone(),
+            deb_sha256: sha256_file(&deb)?,
+        }
+        .write(deb_dir)?;
+        Ok(kernel)
     }
 
     fn find_cached_deb(

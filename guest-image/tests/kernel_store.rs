@@ -96,3 +96,101 @@ fn a_non_deb_is_rejected_without_leaving_files() {
         .unwrap_or_default();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The pin setup records (scripts/setup.sh), read from the default deb cache.
+fn setup_pin() -> (std::path::PathBuf, voidbox_guest_image::kernel::KernelPin) {
+    let cache = voidbox_guest_image::kernel::default_deb_cache();
+    let pin = voidbox_guest_image::kernel::KernelPin::read(&cache)
+        .unwrap()
+        .unwrap_or_else(|| panic!("no kernel pin in {}: run scripts/setup.sh", cache.display()));
+    (cache, pin)
+}
+
+fn pinned_deb(
+    cache: &std::path::Path,
+    pin: &voidbox_guest_image::kernel::KernelPin,
+) -> std::path::PathBuf {
+    std::fs::read_dir(cache)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&format!("{}_", pin.package)) && n.ends_with(".deb")
+        })
+        .expect("the pinned .deb is kept beside its pin")
+}
+
+#[test]
+fn a_pinned_kernel_is_used_exactly() {
+    use voidbox_guest_image::kernel::{KernelPin, PIN_FILE};
+    let (cache, pin) = setup_pin();
+    let deb = pinned_deb(&cache, &pin);
+    // A private cache holding the same .deb and pin, unpacked into an empty store.
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("debs");
+    std::fs::create_dir(&mine).unwrap();
+    std::os::unix::fs::symlink(&deb, mine.join(deb.file_name().unwrap())).unwrap();
+    pin.write(&mine).unwrap();
+    let store = KernelStore::new(dir.path().join("kernels"));
+    let opts = FetchOptions {
+        package: None,
+        deb_dirs: vec![mine.clone()],
+    };
+    let k = store.ensure(&opts).unwrap();
+    assert_eq!(
+        (
+            &k.manifest.package,
+            &k.manifest.version,
+            &k.manifest.deb_sha256
+        ),
+        (&pin.package, &pin.version, &pin.deb_sha256)
+    );
+    // A pin whose .deb does not match its checksum is refused, naming the fix.
+    let other = tempfile::tempdir().unwrap();
+    KernelPin {
+        deb_sha256: "0".repeat(64),
+        ..pin.clone()
+    }
+    .write(&mine)
+    .unwrap();
+    let e = KernelStore::new(other.path()).ensure(&opts).unwrap_err();
+    assert!(e.to_string().contains("differs from the pinned"), "{e}");
+    // A pin whose .deb is gone says to run setup.
+    std::fs::remove_file(mine.join(deb.file_name().unwrap())).unwrap();
+    let e = KernelStore::new(other.path()).ensure(&opts).unwrap_err();
+    assert!(e.to_string().contains("scripts/setup.sh"), "{e}");
+    assert!(mine.join(PIN_FILE).is_file());
+}
+
+#[test]
+fn setup_replaces_a_recorded_kernel_debian_no_longer_has() {
+    use voidbox_guest_image::kernel::{KernelPin, PinChange};
+    let (cache, pin) = setup_pin();
+    let deb = pinned_deb(&cache, &pin);
+    let dir = tempfile::tempdir().unwrap();
+    let mine = dir.path().join("debs");
+    std::fs::create_dir(&mine).unwrap();
+    // The current kernel's .deb is at hand (no download); the recorded one is a version
+    // Debian never had, as after a security update removed it.
+    std::os::unix::fs::symlink(&deb, mine.join(deb.file_name().unwrap())).unwrap();
+    let gone = KernelPin {
+        version: "0.0.0-voidbox-gone".into(),
+        ..pin.clone()
+    };
+    gone.write(&mine).unwrap();
+    let store = KernelStore::new(dir.path().join("kernels"));
+    let (k, change) = store.refresh_pin(&mine, Some(&pin.package)).unwrap();
+    match change {
+        PinChange::Replaced { old, .. } => assert_eq!(old, gone),
+        other => panic!("expected the pin to be replaced, got {other:?}"),
+    }
+    assert_eq!(k.manifest.version, pin.version);
+    assert_eq!(
+        KernelPin::read(&mine).unwrap().unwrap().version,
+        pin.version
+    );
+    // Run again: the pin is kept and nothing is fetched.
+    let (_, change) = store.refresh_pin(&mine, Some(&pin.package)).unwrap();
+    assert_eq!(change, PinChange::Kept);
+}

@@ -8,17 +8,10 @@ use std::path::{Path, PathBuf};
 use super::error::{Error, Result};
 use crate::ownerlock::{sweep_stale, OwnerLock};
 
-/// Where voidbox keeps its state: `$VOIDBOX_HOME`, default `~/.cache/voidbox`.
+/// Where voidbox keeps its state: `$VOIDBOX_HOME`, default `~/.cache/voidbox`
+/// (one definition, shared with the kernel store).
 pub fn voidbox_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("VOIDBOX_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(home);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/var/cache"));
-    base.join("voidbox")
+    voidbox_guest_image::kernel::voidbox_home()
 }
 
 /// A run directory; deleted on drop. While it exists its owner lock is held,

@@ -132,9 +132,29 @@ pub fn probe_bin() -> PathBuf {
 
 /// The guest kernel from the store (fetched on first use).
 pub fn kernel() -> GuestKernel {
+    require_setup();
     KernelStore::default_store()
         .ensure(&FetchOptions::from_env())
         .unwrap_or_else(|e| panic!("guest kernel: {e}"))
+}
+
+/// The deb cache scripts/setup.sh filled (the pinned kernel, busybox-static). Pass it to
+/// `voidbox` children as `VOIDBOX_DEB_CACHE` when they get their own `VOIDBOX_HOME`.
+pub fn deb_cache() -> PathBuf {
+    voidbox_guest_image::kernel::default_deb_cache()
+}
+
+/// Nothing is downloaded inside `cargo test`: what the tests need was fetched by
+/// scripts/setup.sh, and a test fails (never skips) without it.
+pub fn require_setup() {
+    let cache = deb_cache();
+    let pin =
+        voidbox_guest_image::kernel::KernelPin::read(&cache).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pin.is_some(),
+        "no pinned guest kernel in {}: run scripts/setup.sh first",
+        cache.display()
+    );
 }
 
 /// Writes the test initramfs (gzip) to `dest`.
