@@ -1,7 +1,8 @@
 //! Issue 2 end to end: voidbox-vmm boots the stock Debian kernel (boot 1: the ELF vmlinux, PVH
 //! entry; boot 2: the bzImage, 64-bit entry) with a test initramfs and the guest itself checks
-//! and reports (cmdline, CPUs, memory, disks, vsock both ways, reset, panic). Runs through the
-//! nested lane on hosts without hardware KVM (one lane start for all boots), directly otherwise.
+//! and reports (cmdline, CPUs, memory, disks, vsock both ways, reset, panic); boot 3 runs two
+//! VMs at once. Runs through the nested lane on hosts without hardware KVM (one lane start for
+//! all boots), directly otherwise.
 //! `VOIDBOX_E2E_VMM=qemu-microvm` runs the same guest under QEMU microvm instead (to check the
 //! guest side; exit-status checks are then skipped). `VOIDBOX_E2E_VERBOSE=1` drops `quiet` and
 //! adds `earlyprintk=ttyS0` in boot 2.
@@ -328,8 +329,61 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
             "{ctx2}"
         );
     }
+
+    // ---- Boot 3: two VMs at once in one lane (or on one host), each to its marker ----
+    if !microvm {
+        two_vms_at_once(&launcher, w, &boot1);
+    }
     let _ = launcher.run(
         &CommandSpec::new(["rm", "-rf", &sock_dir.display().to_string()]),
         t,
     );
+}
+
+/// Two VMMs side by side: both reach their marker, both threads lists are what the VMM's
+/// hardening promises, both exit 0 when their guests reset.
+fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
+    let boots: Vec<Boot> = (0..2)
+        .map(|i| Boot {
+            vcpus: 1,
+            cmdline: format!("{BASE_CMDLINE} vbt.mode=marker vbt.idle=8"),
+            disks: vec![],
+            vsock_uds: None,
+            serial: w.join(format!("boot3-{i}.log")),
+            ..base.clone()
+        })
+        .collect();
+    // `exec` keeps the shell's PID, so the VMM's PID is the one printed.
+    let vms: Vec<_> = boots
+        .iter()
+        .map(|b| {
+            let mut argv: Vec<String> = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo PID $$; exec \"$@\"".into(),
+                "sh".into(),
+            ];
+            argv.extend(voidbox_vmm_command(&vmm_bin(), b).argv);
+            launcher.spawn(&CommandSpec::new(argv)).unwrap()
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    for b in &boots {
+        while !std::fs::read_to_string(&b.serial)
+            .unwrap_or_default()
+            .contains("VBT-MARKER-UP")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never reached its marker while another VM ran",
+                b.serial.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for vm in vms {
+        let out = vm.wait(Duration::from_secs(300)).unwrap();
+        assert_eq!(out.status.code, Some(0), "{}", show("boot 3 VMM", &out));
+    }
+    eprintln!("boot 3 ok: two VMs at once");
 }
