@@ -55,6 +55,30 @@ fn examples_run_in_microvms() {
         .unwrap();
     assert!(status.success(), "examples/images/build.sh failed");
 
+    // A real registry: the python image pushed with skopeo, pulled by reference and booted.
+    let registry = support::LocalRegistry::start();
+    let pushed = format!("{}/voidbox-test/python:bookworm", registry.addr);
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:bookworm", images.join("python").display()))
+        .arg(format!("docker://{pushed}"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "skopeo copy to the local registry failed");
+    let spec_dir = tempfile::tempdir().unwrap();
+    let spec = spec_dir.path().join("from-registry.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "api_version: v1\nkind: workflow\nname: from-registry\nsandbox:\n  image: {pushed}\nworkflow:\n  steps:\n    - {{name: py, shell: 'python3 -c \"print(6 * 7)\"'}}\n"
+        ),
+    )
+    .unwrap();
+    let o = voidbox(&home, &["run", "--file", spec.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("42"));
+    drop(registry);
+
     // skills: a tool from a read-only skill image.
     let o = voidbox(&home, &["run", "--file", "examples/skills.yaml"]);
     assert_eq!(o.status.code(), Some(0));

@@ -220,6 +220,9 @@ workflow:
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "got data\n");
 
+    // 6b. shell: a real PTY on our side, a PTY shell in the guest, exit code passed through.
+    shell_through_a_pty(&env.home);
+
     // 7. Ctrl-C during a step stops the VM and cleans up.
     let spec = env.spec(
         "sleep.yaml",
@@ -427,4 +430,83 @@ workflow:
         .collect();
     assert!(staging.is_empty(), "staging files left: {staging:?}");
     assert_eq!(env.run_dirs_left(), 0);
+}
+
+/// `voidbox shell` on a pseudo-terminal, typed into like a person would.
+fn shell_through_a_pty(home: &Path) {
+    use std::io::Write;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let (mut master, mut slave) = (-1, -1);
+    // SAFETY: openpty(3) writes two fds into the given ints; the other pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created by openpty and are owned by nobody else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let io = |fd: &OwnedFd| std::process::Stdio::from(fd.try_clone().unwrap());
+    let mut child = Command::new(BIN)
+        .args(["shell"])
+        .env("VOIDBOX_HOME", home)
+        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
+        .env("TERM", "dumb")
+        .stdin(io(&slave))
+        .stdout(io(&slave))
+        .stderr(io(&slave))
+        .spawn()
+        .unwrap();
+    drop(slave);
+    let mut writer = std::fs::File::from(master.try_clone().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let sink = seen.clone();
+    let mut reader = std::fs::File::from(master);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Ends with EIO once every slave fd is closed (the child exited).
+        while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    // The guest shell's prompt ($ for the unprivileged default user).
+    while !text().contains("$ ") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shell prompt: {}",
+            text()
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "shell ended: {}",
+            text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    writer
+        .write_all(b"echo \"$((6 * 7))-from-the-guest\"; exit 3\r")
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the shell did not exit: {}", text());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let out = text();
+    assert!(out.contains("42-from-the-guest"), "{out}");
+    assert_eq!(status.code(), Some(3), "{out}");
 }
