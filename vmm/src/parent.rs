@@ -81,6 +81,10 @@ fn watch(pidfd: &OwnedFd) {
 }
 
 fn parent_gone() -> ! {
-    tracing::error!("the process that started this VM exited; stopping the VM");
+    // The parent may have taken our stderr pipe with it: a failed log write
+    // can panic (in the log subscriber), and must not stop the exit.
+    let _ = std::panic::catch_unwind(|| {
+        tracing::error!("the process that started this VM exited; stopping the VM")
+    });
     std::process::exit(crate::exit_code::VMM_ERROR)
 }

@@ -167,15 +167,41 @@ impl std::str::FromStr for Mode {
 /// The compiled filters, once [`enable`] ran.
 static FILTERS: OnceLock<BTreeMap<Thread, BpfProgram>> = OnceLock::new();
 
-/// Compile every thread kind's filter so [`apply`] installs them from now on.
-/// Call it once, early, from the thread that builds the machine.
+/// Compile every thread kind's filter so [`apply`] installs them from now on,
+/// and replace the panic hook with one the filters allow. Call it once,
+/// early, from the thread that builds the machine.
 pub fn enable() -> Result<(), SeccompError> {
     let mut programs = BTreeMap::new();
     for thread in Thread::ALL {
         programs.insert(thread, thread.program()?);
     }
-    let _ = FILTERS.set(programs);
+    if FILTERS.set(programs).is_ok() {
+        std::panic::set_hook(Box::new(report_panic));
+    }
     Ok(())
+}
+
+/// The panic hook under the filters: one line on stderr. std's default hook
+/// may capture a backtrace (RUST_BACKTRACE), which opens files and would
+/// turn a device worker's panic, which the worker loop survives, into SIGSYS.
+fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    let at = info
+        .location()
+        .map(|l| format!(" at {}:{}", l.file(), l.line()))
+        .unwrap_or_default();
+    let _ = writeln!(
+        std::io::stderr(),
+        "voidbox-vmm: thread '{name}' panicked{at}: {message}"
+    );
 }
 
 /// Whether [`enable`] ran.
@@ -275,6 +301,11 @@ fn common_rules() -> Rules {
         any(libc::SYS_madvise),
         any(libc::SYS_brk),
         any(libc::SYS_rt_sigreturn),
+        // A wait interrupted by SIGSTOP/SIGCONT or a ptrace attach resumes.
+        any(libc::SYS_restart_syscall),
+        // Panic messages name the thread's id (a worker panic must reach
+        // catch_unwind and DEVICE_NEEDS_RESET, not kill the VMM).
+        any(libc::SYS_gettid),
         any(libc::SYS_rt_sigprocmask),
         any(libc::SYS_sigaltstack),
         any(libc::SYS_sched_yield),
@@ -304,10 +335,17 @@ fn main_rules() -> Rules {
 fn vcpu_rules() -> Rules {
     Ok(vec![
         when(libc::SYS_ioctl, vec![rule(vec![eq(1, KVM_RUN)])?]),
-        // EventFd::try_clone of queue events at DRIVER_OK.
+        // EventFd::try_clone of queue events at DRIVER_OK; musl follows
+        // F_DUPFD_CLOEXEC with F_SETFD(FD_CLOEXEC).
         when(
             libc::SYS_fcntl,
-            vec![rule(vec![eq(1, libc::F_DUPFD_CLOEXEC as u64)])?],
+            vec![
+                rule(vec![eq(1, libc::F_DUPFD_CLOEXEC as u64)])?,
+                rule(vec![
+                    eq(1, libc::F_SETFD as u64),
+                    eq(2, libc::FD_CLOEXEC as u64),
+                ])?,
+            ],
         ),
     ])
 }

@@ -227,6 +227,7 @@ mod tests {
 
     #[test]
     fn a_failed_worker_marks_the_device_for_reset() {
+        crate::seccomp::enable_for_tests_if_requested();
         let interrupt = Interrupt::new().unwrap();
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
         let mut h = DeviceThread::spawn("test-worker", seccomp::Thread::VirtioBlock).unwrap();
