@@ -323,6 +323,8 @@ fn main_rules() -> Rules {
     Ok(vec![
         // pthread_kill of a vCPU with the kick signal, in this process only.
         when(libc::SYS_tgkill, vec![rule(vec![eq(0, pid), eq(2, kick)])?]),
+        // musl's pthread_kill: tkill(tid, sig), the kick signal only.
+        when(libc::SYS_tkill, vec![rule(vec![eq(1, kick)])?]),
         any(libc::SYS_getpid),
         any(libc::SYS_nanosleep),
         any(libc::SYS_clock_nanosleep),
