@@ -307,8 +307,11 @@ impl Vm {
                 let mut cmd = Command::new(&vmm_bin);
                 // The VMM gets no secrets from our environment (API keys, agent sockets).
                 cmd.env_clear();
-                if let Some(log) = std::env::var_os("VOIDBOX_VMM_LOG") {
-                    cmd.env("VOIDBOX_VMM_LOG", log);
+                // Debugging switches only: the VMM's log level, and seccomp off.
+                for key in ["VOIDBOX_VMM_LOG", "VOIDBOX_VMM_SECCOMP"] {
+                    if let Some(v) = std::env::var_os(key) {
+                        cmd.env(key, v);
+                    }
                 }
                 cmd.arg("--exit-with-parent")
                     .arg("--config")

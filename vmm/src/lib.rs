@@ -15,6 +15,7 @@ pub mod launch;
 pub mod layout;
 pub mod logcap;
 pub mod parent;
+pub mod seccomp;
 pub mod slots;
 mod vcpu;
 pub mod virtio;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use voidbox_vmm::{exit_code, DiskConfig, SerialOutput, VmConfig, VmOutcome, VsockConfig};
+use voidbox_vmm::{exit_code, seccomp, DiskConfig, SerialOutput, VmConfig, VmOutcome, VsockConfig};
 
 const AFTER_HELP: &str = "\
 Exit status:
@@ -69,6 +69,12 @@ struct Cli {
     /// exits, however it ends (crash, SIGKILL). Combines with --config.
     #[arg(long)]
     exit_with_parent: bool,
+
+    /// Seccomp filters, one per VMM thread (main, vCPU, each device, parent
+    /// watcher); a forbidden system call kills the VMM with SIGSYS. `off` is
+    /// for debugging only (also VOIDBOX_VMM_SECCOMP=off) and is warned about.
+    #[arg(long, value_name = "on|off", default_value = "on")]
+    seccomp: voidbox_vmm::seccomp::Mode,
 }
 
 impl Cli {
@@ -99,6 +105,24 @@ impl Cli {
     }
 }
 
+/// Compile the seccomp filters each thread installs, unless `--seccomp off`
+/// or `VOIDBOX_VMM_SECCOMP=off` turns them off.
+fn seccomp(flag: seccomp::Mode) -> Result<(), seccomp::SeccompError> {
+    let env_off = std::env::var_os(seccomp::ENV).is_some_and(|v| v == "off");
+    if flag == seccomp::Mode::Off || env_off {
+        let how = if flag == seccomp::Mode::Off {
+            "--seccomp off".to_string()
+        } else {
+            format!("{}=off", seccomp::ENV)
+        };
+        tracing::warn!(
+            "{how}: seccomp filters are OFF; a compromised VMM thread can make any system call (use this for debugging only)"
+        );
+        return Ok(());
+    }
+    seccomp::enable()
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -110,11 +134,13 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let cli = Cli::parse();
+    if let Err(e) = seccomp(cli.seccomp) {
+        eprintln!("voidbox-vmm: error: {e}");
+        return ExitCode::from(exit_code::VMM_ERROR as u8);
+    }
     if cli.exit_with_parent {
         if let Err(e) = voidbox_vmm::parent::exit_with_parent() {
-            eprintln!(
-                "voidbox-vmm: error: cannot watch the parent process (--exit-with-parent): {e}"
-            );
+            eprintln!("voidbox-vmm: error: {e}");
             return ExitCode::from(exit_code::VMM_ERROR as u8);
         }
     }

@@ -13,6 +13,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::devices::bus::Bus;
 use crate::devices::{ExitEvent, ExitSender, PanicSource};
+use crate::seccomp;
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> i32 {
@@ -165,7 +166,8 @@ pub struct VcpuThreads {
 }
 
 impl VcpuThreads {
-    /// Starts one thread per vCPU.
+    /// Starts one thread per vCPU. Each installs the vCPU seccomp filter (when
+    /// filters are enabled) before it first enters the guest.
     pub fn spawn(
         vcpus: Vec<VcpuFd>,
         pio: Arc<Bus>,
@@ -182,7 +184,13 @@ impl VcpuThreads {
                 .name(format!("vcpu{id}"))
                 // The run loop needs little stack; keep the VMM's RSS small.
                 .stack_size(256 * 1024)
-                .spawn(move || run_vcpu(vcpu, id, pio, mmio, exit, stop))?;
+                .spawn(move || {
+                    if let Err(e) = seccomp::apply(seccomp::Thread::Vcpu) {
+                        let _ = exit.send(ExitEvent::VcpuError(format!("vCPU {id}: {e}")));
+                        return;
+                    }
+                    run_vcpu(vcpu, id, pio, mmio, exit, stop)
+                })?;
             handles.push(h);
         }
         Ok(VcpuThreads { handles, stop })

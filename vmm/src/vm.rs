@@ -28,6 +28,7 @@ use crate::devices::pvpanic::{PvPanic, PVPANIC_PORT};
 use crate::devices::{ExitEvent, ExitSender, PanicSource};
 use crate::host::{kvm_open_error, HostError};
 use crate::layout::{create_guest_memory, KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::seccomp;
 use crate::slots::{Slot, WINDOW_SIZE};
 use crate::vcpu::VcpuThreads;
 
@@ -74,6 +75,9 @@ pub enum VmError {
     /// A thread could not be started.
     #[error("cannot start a vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// The main thread could not install its seccomp filter.
+    #[error("main thread: {0}")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
@@ -278,18 +282,34 @@ impl Machine {
         Ok(())
     }
 
-    /// Runs the vCPUs until the guest resets, powers off or panics.
+    /// Runs the vCPUs until the guest resets, powers off or panics. With
+    /// seccomp filters enabled, the calling thread installs the main thread's
+    /// filter once the vCPU threads run (so they do not inherit it).
     pub fn run(self) -> Result<VmOutcome, VmError> {
         let stop = Arc::new(AtomicBool::new(false));
         let pio = Arc::new(self.pio);
         let mmio = Arc::new(self.mmio);
-        let threads = VcpuThreads::spawn(self.vcpus, pio, mmio, self.exit_tx.clone(), stop)
-            .map_err(VmError::Thread)?;
+        // The buses (and the devices on them) are dropped here, after the
+        // vCPUs stopped, not by whichever vCPU thread ends last: tearing
+        // devices down is the main thread's work (and its filter's).
+        let threads = VcpuThreads::spawn(
+            self.vcpus,
+            pio.clone(),
+            mmio.clone(),
+            self.exit_tx.clone(),
+            stop,
+        )
+        .map_err(VmError::Thread)?;
         drop(self.exit_tx);
+        if let Err(e) = seccomp::apply(seccomp::Thread::Main) {
+            threads.stop();
+            return Err(VmError::Seccomp(e));
+        }
         let outcome = wait_for_exit(&self.exit_rx, &self.console_log);
         tracing::debug!("VM ends: {outcome:?}; stopping vCPUs");
         threads.stop();
         tracing::debug!("vCPUs stopped");
+        drop((pio, mmio));
         outcome
     }
 }

@@ -81,6 +81,7 @@ fn help_explains_every_flag() {
         "--serial",
         "--config",
         "--exit-with-parent",
+        "--seccomp",
         "Exit status",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
@@ -504,4 +505,173 @@ fn exit_with_parent_stops_the_vm_when_the_parent_is_killed() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// `mov eax, addr; mov dword [rax], value`.
+fn mmio_write(addr: u32, value: u32) -> Vec<u8> {
+    let mut c = vec![0xb8];
+    c.extend(addr.to_le_bytes());
+    c.extend([0xc7, 0x00]);
+    c.extend(value.to_le_bytes());
+    c
+}
+
+/// Drives the virtio-mmio devices in the first `devices` slots to
+/// DRIVER_OK (VERSION_1 acked, no queue made ready: enough to start their
+/// workers), prints "A\n", spins about `cycles` TSC cycles, then resets.
+fn activate_devices_then_spin_code(devices: u32, cycles: u64) -> Vec<u8> {
+    let mut c = Vec::new();
+    for slot in 0..devices {
+        let base = 0xd000_0000 + slot * 0x1000;
+        for (reg, value) in [
+            (0x70, 1),   // Status = ACKNOWLEDGE
+            (0x70, 3),   // | DRIVER
+            (0x24, 1),   // DriverFeaturesSel = 1
+            (0x20, 1),   // DriverFeatures = VERSION_1 (bit 32)
+            (0x70, 0xb), // | FEATURES_OK
+            (0x70, 0xf), // | DRIVER_OK: the device's worker starts
+        ] {
+            c.extend(mmio_write(base + reg, value));
+        }
+    }
+    c.extend(SERIAL_DX);
+    c.extend([0xb0, b'A', 0xee, 0xb0, b'\n', 0xee]);
+    let rdtsc_rax = [0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48, 0x09, 0xd0]; // rax = tsc
+    c.extend(rdtsc_rax);
+    c.extend([0x48, 0x89, 0xc3]); // mov rbx,rax
+    c.extend([0x48, 0xb9]); // mov rcx,imm64
+    c.extend(cycles.to_le_bytes());
+    c.extend([0x48, 0x01, 0xcb]); // add rbx,rcx
+    let top = c.len();
+    c.extend(rdtsc_rax);
+    c.extend([0x48, 0x39, 0xd8]); // cmp rax,rbx
+    let back = top as isize - (c.len() as isize + 2);
+    c.extend([0x72, back as i8 as u8]); // jb top
+    c.extend([0xb0, 0xfe, 0xe6, 0x64, 0xf4]); // i8042 reset
+    c
+}
+
+/// `Name`, `Seccomp`, `Seccomp_filters` and `NoNewPrivs` of each thread of `pid`.
+fn thread_security(pid: u32) -> Vec<(String, String, String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let Ok(status) = std::fs::read_to_string(task.unwrap().path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        threads.push((
+            field("Name:"),
+            field("Seccomp:"),
+            field("Seccomp_filters:"),
+            field("NoNewPrivs:"),
+        ));
+    }
+    threads.sort();
+    threads
+}
+
+/// Every VMM thread (main, each vCPU, each device worker, the parent
+/// watcher) runs under exactly one seccomp filter with NO_NEW_PRIVS, while
+/// the guest has both devices activated and a host client is being served;
+/// the VM still ends cleanly (devices torn down, vsock socket removed).
+#[test]
+fn every_vmm_thread_runs_under_its_seccomp_filter() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let k = elf_payload(
+        d,
+        "spin.elf",
+        &activate_devices_then_spin_code(2, 8_000_000_000),
+    );
+    let disk = d.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 65536]).unwrap();
+    let sock = d.join("v.sock");
+    let console = d.join("console.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .args(["--kernel", k.to_str().unwrap(), "--vcpus", "2"])
+        .args(["--disk", disk.to_str().unwrap()])
+        .args(["--vsock-uds", sock.to_str().unwrap()])
+        .args(["--serial", console.to_str().unwrap(), "--exit-with-parent"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_to_string(&console).unwrap_or_default() != "A\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the payload never activated the devices"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the VMM ended early");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // A host client: the vsock worker accepts it and reads its CONNECT line.
+    let mut client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    client.write_all(b"CONNECT 5\n").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let threads = thread_security(child.id());
+    // KVM may attach a kernel worker to the VM's process (kvm-nx-lpage-recovery).
+    let names: Vec<&str> = threads
+        .iter()
+        .map(|t| t.0.as_str())
+        .filter(|n| !n.starts_with("kvm-"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "parent-watch",
+            "vcpu0",
+            "vcpu1",
+            "virtio-blk",
+            "virtio-vsock",
+            "voidbox-vmm"
+        ],
+        "{threads:?}"
+    );
+    for (name, mode, filters, nnp) in &threads {
+        assert_eq!(
+            mode, "2",
+            "{name} is not in seccomp filter mode: {threads:?}"
+        );
+        // One filter each: no thread inherited another thread's filter.
+        assert!(filters.is_empty() || filters == "1", "{name}: {threads:?}");
+        assert_eq!(nnp, "1", "{name} lacks NO_NEW_PRIVS: {threads:?}");
+    }
+    drop(client);
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(exit_code::GUEST_STOPPED), "{err}");
+    assert!(!err.contains("ERROR"), "{err}");
+    assert!(!sock.exists(), "the vsock socket was not removed at exit");
+}
+
+/// `--seccomp off` (debugging only) runs the VM unfiltered and says so.
+#[test]
+fn seccomp_off_warns_and_runs_unfiltered() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = elf_payload(dir.path(), "echo.elf", &echo_cmdline_code());
+    let o = vmm(&["--kernel", k.to_str().unwrap(), "--seccomp", "off"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(exit_code::GUEST_STOPPED), "{err}");
+    assert!(err.contains("seccomp filters are OFF"), "{err}");
+    let o = Command::new(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .args(["--kernel", k.to_str().unwrap()])
+        .env("VOIDBOX_VMM_SECCOMP", "off")
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&o).contains("VOIDBOX_VMM_SECCOMP=off"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        vmm(&["--kernel", "k", "--seccomp", "maybe"]).status.code(),
+        Some(exit_code::USAGE)
+    );
 }

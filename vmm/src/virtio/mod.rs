@@ -115,6 +115,9 @@ pub enum Error {
     /// Spawning a device worker thread failed.
     #[error("cannot spawn device worker thread: {0}")]
     SpawnWorker(io::Error),
+    /// A device thread could not install its seccomp filter.
+    #[error("device thread: {0}")]
+    Seccomp(#[source] crate::seccomp::SeccompError),
     /// The device reported invalid queue limits.
     #[error(
         "device declares an invalid queue (max size {0}): sizes must be powers of two <= 32768"
@@ -155,7 +158,7 @@ pub trait VirtioDevice: Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// The device-specific configuration space (little endian, as the guest sees it).
     fn config_space(&self) -> &[u8];
-    /// Start processing queues (spawn the worker). Called once per DRIVER_OK.
+    /// Start processing queues (hand the device thread a worker). Called once per DRIVER_OK.
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), Error>;
     /// Stop processing and return to the pre-activation state.
     fn reset(&mut self);

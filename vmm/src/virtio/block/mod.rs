@@ -7,11 +7,12 @@ pub mod worker;
 
 use std::path::Path;
 
-use super::worker::WorkerHandle;
+use super::worker::DeviceThread;
 use super::{
     ActivateContext, Error, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
+use crate::seccomp;
 pub use disk::{Disk, SECTOR_SIZE, SERIAL_LEN};
 pub use worker::BlockWorker;
 
@@ -36,12 +37,13 @@ pub struct Block {
     disk: std::sync::Arc<Disk>,
     config: [u8; 64],
     queue_sizes: [u16; 1],
-    worker: Option<WorkerHandle>,
+    thread: DeviceThread,
 }
 
 impl Block {
     /// Open `path` (read-only or read-write) as a virtio-blk disk with an
-    /// optional serial (at most 20 bytes, returned by GET_ID).
+    /// optional serial (at most 20 bytes, returned by GET_ID), and start its
+    /// device thread (from the calling thread: see [`crate::seccomp`]).
     pub fn new(path: &Path, read_only: bool, serial: Option<String>) -> Result<Block, Error> {
         let disk = Disk::open(path, read_only, serial)?;
         let mut config = [0u8; 64];
@@ -53,7 +55,7 @@ impl Block {
             disk: std::sync::Arc::new(disk),
             config,
             queue_sizes: [QUEUE_SIZE],
-            worker: None,
+            thread: DeviceThread::spawn("virtio-blk", seccomp::Thread::VirtioBlock)?,
         })
     }
 
@@ -106,16 +108,23 @@ impl VirtioDevice for Block {
         let queue = queues.remove(0);
         let queue_event = queue_events.remove(0);
         let disk = self.disk.clone();
-        let worker = worker::BlockWorker::new(mem, queue, queue_event, interrupt.clone(), disk);
-        let handle = WorkerHandle::spawn("virtio-blk", worker, interrupt)?;
-        self.worker = Some(handle);
-        Ok(())
+        let worker_interrupt = interrupt.clone();
+        self.thread.start(
+            Box::new(move || {
+                Ok(Box::new(worker::BlockWorker::new(
+                    mem,
+                    queue,
+                    queue_event,
+                    worker_interrupt,
+                    disk,
+                )))
+            }),
+            interrupt,
+        )
     }
 
     fn reset(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.thread.stop();
     }
 }
 

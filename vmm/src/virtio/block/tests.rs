@@ -23,6 +23,7 @@ fn image(sectors: u64) -> tempfile::NamedTempFile {
 }
 
 fn driver(path: &std::path::Path, ro: bool, serial: Option<&str>) -> TestDriver {
+    crate::seccomp::enable_for_tests_if_requested();
     let blk = Block::new(path, ro, serial.map(str::to_string)).unwrap();
     let mut drv = TestDriver::new(Box::new(blk));
     let features = drv.device_features();

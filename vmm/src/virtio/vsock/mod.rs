@@ -25,8 +25,9 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::worker::WorkerHandle;
+use super::worker::DeviceThread;
 use super::{ActivateContext, Error, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use crate::seccomp;
 
 /// Size of each of the three queues (rx, tx, event).
 pub const QUEUE_SIZE: u16 = 256;
@@ -38,17 +39,19 @@ pub struct Vsock {
     listener: Arc<UnixListener>,
     config: [u8; 8],
     queue_sizes: [u16; 3],
-    worker: Option<WorkerHandle>,
+    thread: DeviceThread,
 }
 
 impl Vsock {
-    /// Create the device for guest CID `guest_cid` and bind its host socket at
-    /// `uds_path` now (so a path in use is reported before the guest boots).
+    /// Create the device for guest CID `guest_cid`, bind its host socket at
+    /// `uds_path` now (so a path in use is reported before the guest boots)
+    /// and start its device thread (from the calling thread: see [`crate::seccomp`]).
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Vsock, Error> {
         // 0-2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
         if guest_cid < 3 || guest_cid >= u64::from(u32::MAX) {
             return Err(Error::InvalidCid(guest_cid));
         }
+        let thread = DeviceThread::spawn("virtio-vsock", seccomp::Thread::VirtioVsock)?;
         let listener = unix::bind_listener(uds_path)?;
         Ok(Vsock {
             guest_cid,
@@ -56,7 +59,7 @@ impl Vsock {
             listener: Arc::new(listener),
             config: guest_cid.to_le_bytes(),
             queue_sizes: [QUEUE_SIZE; 3],
-            worker: None,
+            thread,
         })
     }
 
@@ -96,26 +99,29 @@ impl VirtioDevice for Vsock {
                 got: ctx.queues.len(),
             });
         }
-        let backend =
-            muxer::Muxer::new(self.guest_cid, self.listener.clone(), self.uds_path.clone())
-                .map_err(Error::Epoll)?;
+        let (guest_cid, listener, uds_path) =
+            (self.guest_cid, self.listener.clone(), self.uds_path.clone());
         let interrupt = ctx.interrupt.clone();
-        let worker = device::VsockWorker::new(
-            ctx.mem,
-            ctx.queues,
-            ctx.queue_events,
-            ctx.interrupt,
-            backend,
+        self.thread.start(
+            Box::new(move || {
+                let backend =
+                    muxer::Muxer::new(guest_cid, listener, uds_path).map_err(Error::Epoll)?;
+                let worker = device::VsockWorker::new(
+                    ctx.mem,
+                    ctx.queues,
+                    ctx.queue_events,
+                    ctx.interrupt,
+                    backend,
+                )
+                .map_err(Error::Epoll)?;
+                Ok(Box::new(worker))
+            }),
+            interrupt,
         )
-        .map_err(Error::Epoll)?;
-        self.worker = Some(WorkerHandle::spawn("virtio-vsock", worker, interrupt)?);
-        Ok(())
     }
 
     fn reset(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.thread.stop();
     }
 }
 

@@ -40,6 +40,7 @@ impl Guest {
     fn new() -> Guest {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
+        crate::seccomp::enable_for_tests_if_requested();
         let dev = Vsock::new(CID, &uds).unwrap();
         let mut drv = TestDriver::new(Box::new(dev));
         assert_eq!(drv.read_reg(0x08), 19);
@@ -293,6 +294,7 @@ impl Guest {
     fn new_inner() -> Guest {
         let dir = tempfile::tempdir().unwrap();
         let uds = dir.path().join("v.sock");
+        crate::seccomp::enable_for_tests_if_requested();
         let dev = Vsock::new(CID, &uds).unwrap();
         let mut drv = TestDriver::new(Box::new(dev));
         let f = drv.device_features();
