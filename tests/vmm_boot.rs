@@ -350,8 +350,8 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
     );
 }
 
-/// Two VMMs side by side: both reach their marker, both threads lists are what the VMM's
-/// hardening promises, both exit 0 when their guests reset.
+/// Two VMMs side by side: both reach their marker, every thread of both runs under its
+/// seccomp filter (Seccomp: 2, NoNewPrivs: 1), both exit 0 when their guests reset.
 fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
     let boots: Vec<Boot> = (0..2)
         .map(|i| Boot {
@@ -364,7 +364,7 @@ fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
         })
         .collect();
     // `exec` keeps the shell's PID, so the VMM's PID is the one printed.
-    let vms: Vec<_> = boots
+    let mut vms: Vec<_> = boots
         .iter()
         .map(|b| {
             let mut argv: Vec<String> = vec![
@@ -390,6 +390,39 @@ fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+    // While both guests idle: every thread of each VMM runs under its seccomp filter.
+    for vm in vms.iter_mut() {
+        vm.wait_for_stdout("PID ", Duration::from_secs(30)).unwrap();
+        let said = String::from_utf8_lossy(&vm.stdout_so_far()).into_owned();
+        let pid = said
+            .lines()
+            .find_map(|l| l.strip_prefix("PID "))
+            .expect("the VMM's PID")
+            .trim()
+            .to_string();
+        let script = format!(
+            "for t in /proc/{pid}/task/*; do printf 'task %s\\n' \"$(cat $t/comm)\"; grep -E '^(Seccomp|NoNewPrivs):' $t/status; done"
+        );
+        let out = launcher
+            .run(
+                &CommandSpec::new(["sh", "-c", &script]),
+                Duration::from_secs(30),
+            )
+            .unwrap();
+        let text = out.stdout_str();
+        let tasks: Vec<&str> = text
+            .split("task ")
+            .filter(|t| !t.trim().is_empty())
+            .collect();
+        assert!(tasks.len() >= 3, "VMM threads: {text}");
+        for t in &tasks {
+            assert!(
+                t.contains("Seccomp:\t2") && t.contains("NoNewPrivs:\t1"),
+                "a VMM thread runs without its seccomp filter: {t}"
+            );
+        }
+        assert!(text.contains("vcpu0"), "{text}");
     }
     for vm in vms {
         let out = vm.wait(Duration::from_secs(300)).unwrap();
