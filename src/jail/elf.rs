@@ -132,11 +132,13 @@ pub fn runtime_files(bin: &Path) -> Result<Vec<PathBuf>> {
             };
             match lib {
                 Some(l) => found.push(l),
-                None => return Err(JailError::BadCommand(format!(
+                None => {
+                    return Err(JailError::BadCommand(format!(
                     "{} needs {name}, which is not in {}: install it or build the VMM statically",
                     file.display(),
                     LIB_DIRS.join(", ")
-                ))),
+                )))
+                }
             }
         }
         for f in found {
