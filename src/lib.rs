@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod jail;
 pub mod lane;
 pub mod logtail;
 pub mod ownerlock;

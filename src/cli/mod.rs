@@ -56,6 +56,9 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Run voidbox-vmm in its jail (internal: started by the runtime).
+    #[command(hide = true, name = "vmm-jail")]
+    VmmJail(crate::jail::JailArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -138,5 +141,6 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
             let code = crate::lane::l2_main(&args);
             Ok(u8::try_from(code).unwrap_or(exit_code::HOST))
         }
+        Command::VmmJail(args) => Ok(crate::jail::main(args)),
     }
 }

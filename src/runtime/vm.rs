@@ -128,7 +128,8 @@ pub fn find_vmm() -> Result<PathBuf> {
     })
 }
 
-/// This executable, for the lane's L2 side (`voidbox lane-l2 ...`).
+/// This executable, for the lane's L2 side (`voidbox lane-l2 ...`) and the
+/// VMM jail (`voidbox vmm-jail ...`).
 fn self_exe() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("VOIDBOX_BIN").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(p));
@@ -240,6 +241,45 @@ fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Resu
     Ok(dest)
 }
 
+/// The command line that starts the VMM with config `cfg_path`. Jailed (the
+/// default): `voidbox vmm-jail --spec <run>/jail.json -- voidbox-vmm --config
+/// <run>/vm.json`, after writing the jail spec derived from `cfg`; the jailer
+/// stops the VMM when voidbox (or, in the lane, the lane server) exits.
+/// With `VOIDBOX_JAIL=off` (debugging): `voidbox-vmm --exit-with-parent
+/// --config <run>/vm.json`. The same on both launch paths.
+fn vmm_argv(
+    vmm_bin: &Path,
+    cfg: &VmConfig,
+    cfg_path: &Path,
+    run_dir: &Path,
+) -> Result<Vec<String>> {
+    let config = ["--config".to_string(), cfg_path.display().to_string()];
+    if !crate::jail::enabled() {
+        let mut argv = vec![vmm_bin.display().to_string(), "--exit-with-parent".into()];
+        argv.extend(config);
+        return Ok(argv);
+    }
+    let spec = crate::jail::JailSpec::for_vm(cfg, run_dir, cfg_path);
+    let spec_path = run_dir.join("jail.json");
+    write_private(
+        &spec_path,
+        &serde_json::to_vec_pretty(&spec).expect("jail spec serializes"),
+    )?;
+    // The jailer wants an absolute VMM path (it is bound at that path in the jail).
+    let vmm_bin = fs::canonicalize(vmm_bin)
+        .map_err(|e| Error::host(format!("cannot find {}", vmm_bin.display()), e))?;
+    let mut argv = vec![
+        self_exe()?.display().to_string(),
+        "vmm-jail".into(),
+        "--spec".into(),
+        spec_path.display().to_string(),
+        "--".into(),
+        vmm_bin.display().to_string(),
+    ];
+    argv.extend(config);
+    Ok(argv)
+}
+
 // One value per VM: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Vmm {
@@ -304,7 +344,8 @@ impl Vm {
                 )?;
                 let stderr = fs::File::create(&vmm_stderr)
                     .map_err(|e| Error::host("cannot create the VMM log", e))?;
-                let mut cmd = Command::new(&vmm_bin);
+                let argv = vmm_argv(&vmm_bin, &cfg, &cfg_path, &run_path)?;
+                let mut cmd = Command::new(&argv[0]);
                 // The VMM gets no secrets from our environment (API keys, agent sockets).
                 cmd.env_clear();
                 // Debugging switches only: the VMM's log level, and seccomp off.
@@ -313,16 +354,14 @@ impl Vm {
                         cmd.env(key, v);
                     }
                 }
-                cmd.arg("--exit-with-parent")
-                    .arg("--config")
-                    .arg(&cfg_path)
+                cmd.args(&argv[1..])
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(stderr)
                     .process_group(0);
-                let child = cmd.spawn().map_err(|e| {
-                    Error::Launch(format!("cannot start {}: {e}", vmm_bin.display()))
-                })?;
+                let child = cmd
+                    .spawn()
+                    .map_err(|e| Error::Launch(format!("cannot start {}: {e}", argv[0])))?;
                 let pid = child.id() as i32;
                 vm._cancel_hook = Some(cancel.on_cancel(move || {
                     // SAFETY: kill(2) on our own child's process group; no memory effects.
@@ -351,7 +390,12 @@ impl Vm {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let l2_uds = PathBuf::from(format!("/run/{name}.vsock"));
+                // Jailed, the socket gets a directory of its own to expose.
+                let l2_uds = if crate::jail::enabled() {
+                    PathBuf::from(format!("/run/{name}/vsock.sock"))
+                } else {
+                    PathBuf::from(format!("/run/{name}.vsock"))
+                };
                 let mut lane_plan = plan.clone();
                 lane_plan.guest.kernel =
                     visible_in_lane(&plan.guest.kernel, home, &run_path, "kernel")?;
@@ -364,12 +408,9 @@ impl Vm {
                     &serde_json::to_vec_pretty(&cfg).expect("config serializes"),
                 )?;
                 let vmm = lane
-                    .spawn(&CommandSpec::new([
-                        vmm_bin.display().to_string(),
-                        "--exit-with-parent".into(),
-                        "--config".into(),
-                        cfg_path.display().to_string(),
-                    ]))
+                    .spawn(&CommandSpec::new(vmm_argv(
+                        &vmm_bin, &cfg, &cfg_path, &run_path,
+                    )?))
                     .map_err(|e| {
                         Error::Launch(format!("cannot start the VMM in the nested lane: {e}"))
                     })?;
@@ -594,5 +635,50 @@ impl Drop for Vm {
         self.kill();
         self.vmm = None;
         // RunDir's own drop removes the directory.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vmm_starts_through_the_jail_with_a_spec_next_to_vm_json() {
+        if !crate::jail::enabled() {
+            return; // VOIDBOX_JAIL=off in this environment
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path();
+        let vmm = run.join("voidbox-vmm");
+        fs::write(&vmm, b"").unwrap();
+        let mut cfg = VmConfig::new(run.join("k"));
+        cfg.vsock = Some(VsockConfig {
+            uds_path: run.join("vsock.sock"),
+            guest_cid: 3,
+        });
+        let cfg_path = run.join("vm.json");
+        let Ok(argv) = vmm_argv(&vmm, &cfg, &cfg_path, run) else {
+            return; // no built voidbox binary to run the jail with
+        };
+        assert_eq!(
+            argv[1..5],
+            [
+                "vmm-jail",
+                "--spec",
+                &run.join("jail.json").display().to_string(),
+                "--"
+            ]
+        );
+        assert_eq!(
+            argv[5..],
+            [
+                vmm.display().to_string(),
+                "--config".into(),
+                cfg_path.display().to_string()
+            ]
+        );
+        assert!(!argv.iter().any(|a| a == "--exit-with-parent"));
+        let spec = crate::jail::JailSpec::load(&run.join("jail.json")).unwrap();
+        assert_eq!(spec, crate::jail::JailSpec::for_vm(&cfg, run, &cfg_path));
     }
 }
