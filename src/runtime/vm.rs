@@ -241,24 +241,46 @@ fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Resu
     Ok(dest)
 }
 
-/// The command line that starts the VMM with config `cfg_path`. Jailed (the
-/// default): `voidbox vmm-jail --spec <run>/jail.json -- voidbox-vmm --config
-/// <run>/vm.json`, after writing the jail spec derived from `cfg`; the jailer
-/// stops the VMM when voidbox (or, in the lane, the lane server) exits.
-/// With `VOIDBOX_JAIL=off` (debugging): `voidbox-vmm --exit-with-parent
-/// --config <run>/vm.json`. The same on both launch paths.
+/// The jailer for a launch (the voidbox binary), or None to start the VMM
+/// unjailed: with `VOIDBOX_JAIL=off` (debugging), or locally when voidbox is
+/// not root (the jail needs root; said once on stderr, seccomp still holds).
+/// The lane's L2 always runs it as root.
+fn jailer(lane: bool) -> Result<Option<PathBuf>> {
+    if !crate::jail::enabled() {
+        return Ok(None);
+    }
+    // SAFETY: geteuid(2) has no preconditions.
+    if !lane && unsafe { libc::geteuid() } != 0 {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            eprintln!(
+                "voidbox: not running as root, so the VMM starts without its jail (namespaces, private root, cgroup limits); its seccomp filters still apply. Run as root for the jail, or set VOIDBOX_JAIL=off to say you mean it."
+            )
+        });
+        return Ok(None);
+    }
+    Ok(Some(self_exe()?))
+}
+
+/// The command line that starts the VMM with config `cfg_path`. Jailed (with
+/// `jailer`, the voidbox binary): `voidbox vmm-jail --spec <run>/jail.json --
+/// voidbox-vmm --config <run>/vm.json`, after writing the jail spec derived from
+/// `cfg`; the jailer stops the VMM when voidbox (or, in the lane, the lane
+/// server) exits. Unjailed: `voidbox-vmm --exit-with-parent --config
+/// <run>/vm.json`. The same on both launch paths.
 fn vmm_argv(
     vmm_bin: &Path,
     cfg: &VmConfig,
     cfg_path: &Path,
     run_dir: &Path,
+    jailer: Option<&Path>,
 ) -> Result<Vec<String>> {
     let config = ["--config".to_string(), cfg_path.display().to_string()];
-    if !crate::jail::enabled() {
+    let Some(jailer) = jailer else {
         let mut argv = vec![vmm_bin.display().to_string(), "--exit-with-parent".into()];
         argv.extend(config);
         return Ok(argv);
-    }
+    };
     let spec = crate::jail::JailSpec::for_vm(cfg, run_dir, cfg_path);
     let spec_path = run_dir.join("jail.json");
     write_private(
@@ -269,7 +291,7 @@ fn vmm_argv(
     let vmm_bin = fs::canonicalize(vmm_bin)
         .map_err(|e| Error::host(format!("cannot find {}", vmm_bin.display()), e))?;
     let mut argv = vec![
-        self_exe()?.display().to_string(),
+        jailer.display().to_string(),
         "vmm-jail".into(),
         "--spec".into(),
         spec_path.display().to_string(),
@@ -344,7 +366,13 @@ impl Vm {
                 )?;
                 let stderr = fs::File::create(&vmm_stderr)
                     .map_err(|e| Error::host("cannot create the VMM log", e))?;
-                let argv = vmm_argv(&vmm_bin, &cfg, &cfg_path, &run_path)?;
+                let argv = vmm_argv(
+                    &vmm_bin,
+                    &cfg,
+                    &cfg_path,
+                    &run_path,
+                    jailer(false)?.as_deref(),
+                )?;
                 let mut cmd = Command::new(&argv[0]);
                 // The VMM gets no secrets from our environment (API keys, agent sockets).
                 cmd.env_clear();
@@ -391,7 +419,8 @@ impl Vm {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 // Jailed, the socket gets a directory of its own to expose.
-                let l2_uds = if crate::jail::enabled() {
+                let lane_jailer = jailer(true)?;
+                let l2_uds = if lane_jailer.is_some() {
                     PathBuf::from(format!("/run/{name}/vsock.sock"))
                 } else {
                     PathBuf::from(format!("/run/{name}.vsock"))
@@ -409,7 +438,11 @@ impl Vm {
                 )?;
                 let vmm = lane
                     .spawn(&CommandSpec::new(vmm_argv(
-                        &vmm_bin, &cfg, &cfg_path, &run_path,
+                        &vmm_bin,
+                        &cfg,
+                        &cfg_path,
+                        &run_path,
+                        lane_jailer.as_deref(),
                     )?))
                     .map_err(|e| {
                         Error::Launch(format!("cannot start the VMM in the nested lane: {e}"))
@@ -644,9 +677,6 @@ mod tests {
 
     #[test]
     fn the_vmm_starts_through_the_jail_with_a_spec_next_to_vm_json() {
-        if !crate::jail::enabled() {
-            return; // VOIDBOX_JAIL=off in this environment
-        }
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path();
         let vmm = run.join("voidbox-vmm");
@@ -657,9 +687,9 @@ mod tests {
             guest_cid: 3,
         });
         let cfg_path = run.join("vm.json");
-        let Ok(argv) = vmm_argv(&vmm, &cfg, &cfg_path, run) else {
-            return; // no built voidbox binary to run the jail with
-        };
+        let jailer = run.join("voidbox");
+        let argv = vmm_argv(&vmm, &cfg, &cfg_path, run, Some(&jailer)).unwrap();
+        assert_eq!(argv[0], jailer.display().to_string());
         assert_eq!(
             argv[1..5],
             [
@@ -680,5 +710,8 @@ mod tests {
         assert!(!argv.iter().any(|a| a == "--exit-with-parent"));
         let spec = crate::jail::JailSpec::load(&run.join("jail.json")).unwrap();
         assert_eq!(spec, crate::jail::JailSpec::for_vm(&cfg, run, &cfg_path));
+        // Unjailed: the VMM watches its parent itself.
+        let argv = vmm_argv(&vmm, &cfg, &cfg_path, run, None).unwrap();
+        assert_eq!(argv[1], "--exit-with-parent");
     }
 }
