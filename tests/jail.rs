@@ -1,7 +1,7 @@
 //! `voidbox vmm-jail` around the real `voidbox-vmm` on this host's KVM, with
 //! tiny hand-made ELF payloads as the kernel (no Linux guest, no lane): what
 //! the running VMM can see and use, exit statuses through the jail, parent
-//! death, signals, and bad specs. Needs root and /dev/kvm (skipped without).
+//! death, signals, and bad specs. Needs root and /dev/kvm (fails without).
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -15,14 +15,16 @@ use voidbox_vmm::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
 
 const VOIDBOX: &str = env!("CARGO_BIN_EXE_voidbox");
 
-fn usable() -> bool {
+/// The jail needs root and the VMM needs /dev/kvm: without them the tests fail
+/// (a missing prerequisite is a broken setup, not a pass).
+fn require_root_and_kvm() {
     // SAFETY: geteuid(2) has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if !root || !Path::new("/dev/kvm").exists() {
-        eprintln!("skipped: the jail tests need root and /dev/kvm");
-        return false;
-    }
-    true
+    assert!(root, "the jail tests need root (the jail needs it)");
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the jail tests need /dev/kvm"
+    );
 }
 
 /// `voidbox-vmm`: `VOIDBOX_VMM_BIN`, or next to the `voidbox` under test.
@@ -232,9 +234,7 @@ fn tree(root: &Path, dir: &Path, out: &mut BTreeSet<PathBuf>) {
 
 #[test]
 fn the_running_vmm_sees_only_its_jail() {
-    if !usable() {
-        return;
-    }
+    require_root_and_kvm();
     let s = Setup::new(&HLT_LOOP);
     let (mut sh, jailer, vmm) = start_under_shell(&s);
 
@@ -347,9 +347,7 @@ fn the_running_vmm_sees_only_its_jail() {
 
 #[test]
 fn a_payload_boots_and_exits_through_the_jail_with_the_vmm_status() {
-    if !usable() {
-        return;
-    }
+    require_root_and_kvm();
     let s = Setup::new(&print_and_reset());
     let out = s.jail_cmd().output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -384,9 +382,7 @@ fn a_payload_boots_and_exits_through_the_jail_with_the_vmm_status() {
 
 #[test]
 fn sigterm_to_the_jailer_stops_the_vmm_and_the_jailer_ends_by_it() {
-    if !usable() {
-        return;
-    }
+    require_root_and_kvm();
     let s = Setup::new(&HLT_LOOP);
     let mut jailer = s
         .jail_cmd()
@@ -407,9 +403,7 @@ fn sigterm_to_the_jailer_stops_the_vmm_and_the_jailer_ends_by_it() {
 
 #[test]
 fn runs_the_vmm_as_an_unprivileged_user_when_the_spec_names_one() {
-    if !usable() {
-        return;
-    }
+    require_root_and_kvm();
     let mut s = Setup::new(&HLT_LOOP);
     s.spec.user = Some(voidbox::jail::JailUser {
         uid: 65534,
@@ -489,7 +483,8 @@ fn bad_specs_and_commands_fail_with_the_fix() {
     )
     .unwrap();
     check(&["--spec", "rel.json", "--", &vmm], 1, "not absolute");
-    if usable() {
+    require_root_and_kvm();
+    {
         let mut bad = s.spec.clone();
         bad.mounts.push(voidbox::jail::Mount {
             path: s.dir.path().join("missing.img"),

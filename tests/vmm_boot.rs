@@ -140,6 +140,8 @@ fn vmm_boots_stock_kernel_and_guest_checks_pass() {
             listener.wait_for_stdout("PROBE listening", t).unwrap(),
             "listener did not start"
         );
+        // Each round checks its own console, not an earlier round's lines.
+        let _ = std::fs::remove_file(&boot1.serial);
         let vm = launcher.spawn(&vmm_cmd(&boot1)).unwrap();
         // Host -> guest: CONNECT 1024 (retried until the guest listens), then both directions.
         let connect_argv = if microvm {
