@@ -54,7 +54,12 @@ fn messages() -> Vec<(&'static str, Message)> {
                 nonce: "00".repeat(32),
             },
         ),
-        ("auth_ok", Message::AuthOk { mac: "ab".repeat(32) }),
+        (
+            "auth_ok",
+            Message::AuthOk {
+                mac: "ab".repeat(32),
+            },
+        ),
         (
             "exec",
             Message::Exec(ExecRequest {
@@ -84,7 +89,12 @@ fn messages() -> Vec<(&'static str, Message)> {
             }),
         ),
         ("error", Message::error(ErrorCode::PathDenied, "no")),
-        ("get", Message::Get { path: "/out".into() }),
+        (
+            "get",
+            Message::Get {
+                path: "/out".into(),
+            },
+        ),
     ]
 }
 
@@ -112,7 +122,8 @@ fn generate_corpus() {
         nanos: 5,
     });
     full.hostname = Some("sandbox".into());
-    full.module_params.insert("loop.max_loop".into(), "8".into());
+    full.module_params
+        .insert("loop.max_loop".into(), "8".into());
     write("boot_data", "full", &full.to_json());
     let mut bad = BootData::new(&secret);
     bad.file_roots = vec!["relative/root".into()];

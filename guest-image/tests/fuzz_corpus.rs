@@ -71,9 +71,7 @@ fn module(info: &[u8]) -> Vec<u8> {
     elf.extend_from_slice(shstrtab);
     let info_off = elf.len();
     elf.extend_from_slice(info);
-    while elf.len() % 8 != 0 {
-        elf.push(0);
-    }
+    elf.resize(elf.len().div_ceil(8) * 8, 0);
     let shoff = elf.len();
     let section = |name: u32, ty: u32, off: usize, size: usize| {
         let mut s = vec![0u8; 64];
@@ -105,8 +103,16 @@ fn generate_corpus() {
     let p = voidbox_guest_image::bzimage::locate_payload(&xz, Path::new("seed")).unwrap();
     assert_eq!(p.len, 12);
     write("bzimage_payload", "xz", &xz);
-    write("bzimage_payload", "gzip", &bzimage(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]));
-    write("bzimage_payload", "lz4", &bzimage(&[0x02, 0x21, 0x4c, 0x18]));
+    write(
+        "bzimage_payload",
+        "gzip",
+        &bzimage(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0]),
+    );
+    write(
+        "bzimage_payload",
+        "lz4",
+        &bzimage(&[0x02, 0x21, 0x4c, 0x18]),
+    );
     let mut old = bzimage(&[0x1f, 0x8b]);
     old[0x206..0x208].copy_from_slice(&0x0204u16.to_le_bytes());
     write("bzimage_payload", "protocol_2_04", &old);
