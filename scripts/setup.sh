@@ -29,6 +29,11 @@ fi
 step "rustup target add x86_64-unknown-linux-musl"
 rustup target add x86_64-unknown-linux-musl
 
+# CI type-checks every fuzz target with nightly (scripts/fuzz.sh --check-only); fuzzing
+# itself also needs cargo-fuzz, which scripts/fuzz.sh installs when missing.
+step "nightly toolchain (fuzz targets)"
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+
 step "guest kernel (Debian package, unpacked into the kernel store)"
 scripts/setup-kernel.sh
 

@@ -49,6 +49,11 @@ export VOIDBOX_AGENT_MUSL_BIN=$TARGET/x86_64-unknown-linux-musl/agent/voidbox-gu
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# Every cargo-fuzz target must keep compiling (their replay tests run below). A cold
+# sanitizer build of all six fuzz crates takes far longer than this check (see README).
+step "fuzz targets: scripts/fuzz.sh --check-only"
+scripts/fuzz.sh --check-only
+
 step "cargo test --workspace"
 TEST_LOG=$(mktemp)
 cargo test --workspace --no-fail-fast -- --test-threads="${VOIDBOX_TEST_THREADS:-2}" 2>&1 | tee "$TEST_LOG"

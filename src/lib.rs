@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jail;
 pub mod lane;
 pub mod logtail;

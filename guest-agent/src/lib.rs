@@ -9,6 +9,8 @@
 //!   boot-data initrd the runtime writes.
 
 pub mod boot_data;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod newc;
 pub mod policy;
 pub mod protocol;

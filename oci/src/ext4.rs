@@ -134,9 +134,9 @@ fn mkfs(tree: &Tree, out: &Path, size: u64, inodes: u64) -> Result<()> {
     Ok(())
 }
 
-/// Sets owners, modes, times and xattrs, and creates device nodes and FIFOs, with one
-/// debugfs script.
-fn apply_metadata(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
+/// The debugfs script of [`apply_metadata`]: one line per command; every path and name in
+/// it is quoted, so no file name can add a command. Writes the xattr value files to `scratch`.
+pub(crate) fn metadata_script(tree: &Tree, scratch: &Path) -> Result<String> {
     let mut script = String::new();
     let mut xattr_files = 0usize;
     for (rel, meta) in tree.entries() {
@@ -170,6 +170,13 @@ fn apply_metadata(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
             );
         }
     }
+    Ok(script)
+}
+
+/// Sets owners, modes, times and xattrs, and creates device nodes and FIFOs, with one
+/// debugfs script.
+fn apply_metadata(tree: &Tree, out: &Path, scratch: &Path) -> Result<()> {
+    let script = metadata_script(tree, scratch)?;
     let script_path = scratch.join("debugfs.cmds");
     let mut f = std::fs::File::create(&script_path).at(&script_path)?;
     f.write_all(script.as_bytes()).at(&script_path)?;

@@ -11,6 +11,8 @@ pub mod digest;
 pub mod disk;
 pub mod error;
 pub mod ext4;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod local;
 pub mod manifest;
 mod manifest_fetch;

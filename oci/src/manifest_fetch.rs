@@ -21,7 +21,11 @@ pub(crate) enum CappedGet {
 
 /// An oci-client error for a non-success `status` with (the start of) its `body`, so it
 /// is classified like the client's own errors.
-fn status_error(status: reqwest::StatusCode, body: &[u8], url: &str) -> OciDistributionError {
+pub(crate) fn status_error(
+    status: reqwest::StatusCode,
+    body: &[u8],
+    url: &str,
+) -> OciDistributionError {
     if status == reqwest::StatusCode::UNAUTHORIZED {
         return OciDistributionError::UnauthorizedError {
             url: url.to_string(),

@@ -10,6 +10,8 @@ pub mod boot;
 pub mod config;
 pub mod cpu;
 pub mod devices;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod host;
 pub mod launch;
 pub mod layout;

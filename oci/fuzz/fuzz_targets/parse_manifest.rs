@@ -1,13 +1,4 @@
 //! Registry documents (manifests, indexes, configs) from arbitrary bytes: typed errors only.
+//! The body is `voidbox_oci::fuzzing::parse_manifest_bytes`, also replayed by `oci/tests/fuzz_corpus.rs`.
 #![no_main]
-
-use libfuzzer_sys::fuzz_target;
-use voidbox_oci::manifest::{parse_config, parse_manifest, select_platform, Manifest};
-use voidbox_oci::Platform;
-
-fuzz_target!(|data: &[u8]| {
-    if let Ok(Manifest::Index(index)) = parse_manifest(data, "fuzz") {
-        let _ = select_platform(&index, &Platform::default(), "fuzz");
-    }
-    let _ = parse_config(data, "fuzz");
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| voidbox_oci::fuzzing::parse_manifest_bytes(data));

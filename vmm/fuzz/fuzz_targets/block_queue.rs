@@ -1,16 +1,13 @@
-//! virtio-blk request handling over fuzzed descriptor chains.
+//! virtio-blk request handling over fuzzed descriptor chains
+//! (body: `voidbox_vmm::fuzzing::block_queue`, replayed by `vmm/tests/fuzz_corpus.rs`).
 #![no_main]
-
-mod common;
 
 use std::io::Write;
 use std::sync::{Arc, OnceLock};
 
-use libfuzzer_sys::fuzz_target;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use voidbox_vmm::virtio::block::{BlockWorker, Disk};
-use voidbox_vmm::virtio::Interrupt;
+use voidbox_vmm::virtio::block::Disk;
 
+/// A 64 KiB writable disk, made once per process.
 fn disk() -> Arc<Disk> {
     static DISK: OnceLock<(tempfile::NamedTempFile, Arc<Disk>)> = OnceLock::new();
     DISK.get_or_init(|| {
@@ -23,16 +20,4 @@ fn disk() -> Arc<Disk> {
     .clone()
 }
 
-fuzz_target!(|data: &[u8]| {
-    let (mem, mut queues) = common::guest_with_queues(data, 1);
-    let queue = queues.remove(0);
-    let mut worker = BlockWorker::new(
-        mem,
-        queue,
-        EventFd::new(EFD_NONBLOCK).unwrap(),
-        Interrupt::new().unwrap(),
-        disk(),
-    );
-    worker.process_queue();
-    worker.process_queue();
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| voidbox_vmm::fuzzing::block_queue(data, disk()));

@@ -1,13 +1,11 @@
-//! Arbitrary register access sequences against the virtio-mmio transport.
+//! Arbitrary register access sequences against the virtio-mmio transport
+//! (body: `voidbox_vmm::fuzzing::mmio_registers`, replayed by `vmm/tests/fuzz_corpus.rs`).
 #![no_main]
 
 use std::io::Write;
 use std::sync::OnceLock;
 
-use libfuzzer_sys::fuzz_target;
-use vm_memory::{GuestAddress, GuestMemoryMmap};
-use voidbox_vmm::virtio::{Block, MmioTransport};
-
+/// A 4 KiB disk image, made once per process.
 fn image() -> &'static tempfile::NamedTempFile {
     static IMAGE: OnceLock<tempfile::NamedTempFile> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -17,20 +15,6 @@ fn image() -> &'static tempfile::NamedTempFile {
     })
 }
 
-fuzz_target!(|data: &[u8]| {
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
-    let blk = Block::new(image().path(), true, None).unwrap();
-    let mut t = MmioTransport::new(mem, Box::new(blk)).unwrap();
-    // Each op: kind (bit 0 = write, bits 1-2 = width 1/2/4/8), offset (le16), value (le32).
-    for op in data.chunks_exact(7) {
-        let width = [1usize, 2, 4, 8][usize::from((op[0] >> 1) & 3)];
-        let offset = u64::from(u16::from_le_bytes([op[1], op[2]]) & 0x1fff);
-        let value = u64::from(u32::from_le_bytes([op[3], op[4], op[5], op[6]]));
-        if op[0] & 1 == 1 {
-            t.write(offset, &value.to_le_bytes()[..width]);
-        } else {
-            let mut buf = vec![0u8; width];
-            t.read(offset, &mut buf);
-        }
-    }
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    voidbox_vmm::fuzzing::mmio_registers(data, image().path())
 });
