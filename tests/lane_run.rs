@@ -75,10 +75,15 @@ fn workflows_in_real_microvms() {
     let o = env.voidbox(&["guest", "build"]);
     assert!(o.status.success(), "guest build failed: see above");
 
-    // 1. examples/hello.yaml, human output.
+    // 1. examples/hello.yaml, human output; `-v` shows what the VMM's jail holds.
     let hello = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/hello.yaml");
-    let o = env.voidbox(&["run", "--file", hello.to_str().unwrap()]);
+    let o = env.voidbox(&["-v", "run", "--file", hello.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        e.contains("voidbox vmm-jail: namespaces mnt,pid,net,ipc,uts"),
+        "the VMM runs in its jail: {e}"
+    );
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("hello from a voidbox microVM"), "{stdout}");
     assert!(stdout.contains("user 65534"), "{stdout}");

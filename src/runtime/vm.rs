@@ -397,6 +397,9 @@ impl Vm {
                 }));
                 vm.vmm = Some(Vmm::Local(child));
                 vm.connect_local(&uds, &secret, deadline, cancel)?;
+                vm.report_jail(&String::from_utf8_lossy(
+                    &fs::read(&vmm_stderr).unwrap_or_default(),
+                ));
             }
             LaunchMode::NestedLane(_) => {
                 let mut cfg =
@@ -460,10 +463,25 @@ impl Vm {
                     _lane: Box::new(lane),
                 });
                 vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
+                if let Some(Vmm::Lane { vmm, .. }) = &vm.vmm {
+                    let said = String::from_utf8_lossy(&vmm.stderr_so_far()).into_owned();
+                    vm.report_jail(&said);
+                }
             }
         }
         vm.boot_time = started.elapsed();
         Ok(vm)
+    }
+
+    /// Log (at info, `voidbox -v`) what the VMM's jail says holds, or that there is none.
+    fn report_jail(&self, vmm_stderr: &str) {
+        match vmm_stderr
+            .lines()
+            .find(|l| l.starts_with("voidbox vmm-jail: ") && !l.contains("error"))
+        {
+            Some(line) => tracing::info!("{line}"),
+            None => tracing::info!("the VMM runs without its jail"),
+        }
     }
 
     fn run_path(&self) -> &Path {
