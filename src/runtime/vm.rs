@@ -464,7 +464,7 @@ impl Vm {
                 });
                 vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
                 if let Some(Vmm::Lane { vmm, .. }) = &vm.vmm {
-                    let said = String::from_utf8_lossy(&vmm.stderr_so_far()).into_owned();
+                    let said = String::from_utf8_lossy(vmm.stderr_so_far()).into_owned();
                     vm.report_jail(&said);
                 }
             }
