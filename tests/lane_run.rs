@@ -42,11 +42,39 @@ impl Env {
         p.display().to_string()
     }
 
+    /// `voidbox run --json` of `spec`, returned once its first step has started.
+    fn start_until_step_started(&self, spec: &str) -> std::process::Child {
+        let mut child = Command::new(BIN)
+            .args(["run", "--json", "--file", spec])
+            .env("VOIDBOX_HOME", &self.home)
+            .env("VOIDBOX_DEB_CACHE", support::deb_cache())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
+            .map_while(Result::ok)
+            .any(|line| line.contains("\"step_started\""));
+        assert!(started, "the step started");
+        child
+    }
+
     fn run_dirs_left(&self) -> usize {
         std::fs::read_dir(self.home.join("run"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
+}
+
+/// Command lines of live processes that contain any of `needles`.
+fn processes_naming(needles: &[&str]) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| needles.iter().any(|n| c.contains(n)))
+        .collect()
 }
 
 fn events(o: &Output) -> Vec<serde_json::Value> {
@@ -233,18 +261,7 @@ workflow:
         "sleep.yaml",
         "api_version: v1\nkind: workflow\nname: sleeper\nworkflow:\n  steps:\n    - {name: sleep, shell: 'sleep 300'}\n",
     );
-    let mut child = Command::new(BIN)
-        .args(["run", "--json", "--file", &spec])
-        .env("VOIDBOX_HOME", &env.home)
-        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .map_while(Result::ok)
-        .any(|line| line.contains("\"step_started\""));
-    assert!(started, "the sleep step started");
+    let mut child = env.start_until_step_started(&spec);
     std::thread::sleep(std::time::Duration::from_secs(1));
     // SAFETY: kill(2) on our own child; no memory effects.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -253,13 +270,7 @@ workflow:
     assert_eq!(env.run_dirs_left(), 0, "Ctrl-C removed the run directory");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let home = env.home.display().to_string();
-    let stray: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(&home) || c.contains("sleeper-"))
-        .collect();
+    let stray = processes_naming(&[&home, "sleeper-"]);
     assert!(stray.is_empty(), "stray processes: {stray:?}");
 
     // 8. SIGKILL (no cleanup code runs): the VM and the lane die with voidbox, and the
@@ -277,18 +288,7 @@ workflow:
         "killed.yaml",
         "api_version: v1\nkind: workflow\nname: killed\nworkflow:\n  steps:\n    - {name: sleep, shell: 'sleep 300'}\n",
     );
-    let mut child = Command::new(BIN)
-        .args(["run", "--json", "--file", &spec])
-        .env("VOIDBOX_HOME", &env.home)
-        .env("VOIDBOX_DEB_CACHE", support::deb_cache())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let started = std::io::BufRead::lines(std::io::BufReader::new(stdout))
-        .map_while(Result::ok)
-        .any(|line| line.contains("\"step_started\""));
-    assert!(started, "the sleep step started");
+    let mut child = env.start_until_step_started(&spec);
     let left_behind: Vec<PathBuf> = lane_dirs()
         .into_iter()
         .filter(|d| !lanes_before.contains(d))
@@ -298,13 +298,7 @@ workflow:
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let stray: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-            .filter(|c| c.contains(&home) || c.contains("killed-"))
-            .collect();
+        let stray = processes_naming(&[&home, "killed-"]);
         if stray.is_empty() {
             break;
         }
