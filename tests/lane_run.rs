@@ -429,6 +429,29 @@ workflow:
         .collect();
     assert!(staging.is_empty(), "staging files left: {staging:?}");
     assert_eq!(env.run_dirs_left(), 0);
+
+    // 13. A 64 MiB output file arrives whole (streamed to disk, checked by sha256).
+    let spec = env.spec(
+        "big-out.yaml",
+        "api_version: v1\nkind: workflow\nname: bigout\nsandbox:\n  outputs: [{guest: /work/out, host: big-out}]\nworkflow:\n  steps:\n    - {name: make, shell: 'mkdir -p /work/out && head -c 67108864 /dev/urandom > /work/out/big && sha256sum /work/out/big'}\n",
+    );
+    let o = env.voidbox(&["run", "--file", &spec]);
+    assert_eq!(o.status.code(), Some(0));
+    let guest_sha = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let big = env.work.path().join("big-out/big");
+    assert_eq!(std::fs::metadata(&big).unwrap().len(), 64 << 20);
+    let host_sha = Command::new("sha256sum").arg(&big).output().unwrap();
+    let host_sha = String::from_utf8_lossy(&host_sha.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(host_sha, guest_sha, "the output arrived intact");
+    assert_eq!(guest_sha.len(), 64);
 }
 
 /// `voidbox shell` on a pseudo-terminal, typed into like a person would.
