@@ -114,13 +114,14 @@ mod tests {
         let live = parent.path().join("vb-live");
         fs::create_dir(&live).unwrap();
         let _lock = OwnerLock::take(&live).unwrap();
-        // Locked by another process that then dies (SIGKILL: no cleanup).
+        // Locked by another process that then dies (SIGKILL: no cleanup). `exec sleep`
+        // keeps one process: a forked sleep would inherit the fd and keep the lock.
         let dead = parent.path().join("vb-dead");
         fs::create_dir(&dead).unwrap();
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "exec 9>{}/{LOCK_FILE}; flock -x 9; echo locked; sleep 60",
+                "exec 9>{}/{LOCK_FILE}; flock -x 9; echo locked; exec sleep 60",
                 dead.display()
             ))
             .stdout(std::process::Stdio::piped())

@@ -360,7 +360,11 @@ fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
             vcpus: 1,
             cmdline: format!("{BASE_CMDLINE} vbt.mode=marker vbt.idle=8"),
             disks: vec![],
-            vsock_uds: None,
+            // A vsock device each, so each VMM has a device thread too.
+            vsock_uds: base
+                .vsock_uds
+                .as_ref()
+                .map(|u| u.with_file_name(format!("boot3-{i}.sock"))),
             serial: w.join(format!("boot3-{i}.log")),
             ..base.clone()
         })
@@ -417,14 +421,17 @@ fn two_vms_at_once(launcher: &Launcher, w: &Path, base: &Boot) {
             .split("task ")
             .filter(|t| !t.trim().is_empty())
             .collect();
+        // main, vcpu0 and the vsock device's thread at least.
         assert!(tasks.len() >= 3, "VMM threads: {text}");
+        for name in ["voidbox-vmm", "vcpu0", "virtio-vsock"] {
+            assert!(text.contains(name), "no {name} thread: {text}");
+        }
         for t in &tasks {
             assert!(
                 t.contains("Seccomp:\t2") && t.contains("NoNewPrivs:\t1"),
                 "a VMM thread runs without its seccomp filter: {t}"
             );
         }
-        assert!(text.contains("vcpu0"), "{text}");
     }
     for vm in vms {
         let out = vm.wait(Duration::from_secs(300)).unwrap();
