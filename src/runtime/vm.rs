@@ -397,9 +397,13 @@ impl Vm {
                 }));
                 vm.vmm = Some(Vmm::Local(child));
                 vm.connect_local(&uds, &secret, deadline, cancel)?;
-                vm.report_jail(&String::from_utf8_lossy(
-                    &fs::read(&vmm_stderr).unwrap_or_default(),
-                ));
+                // The jail's report is the log's first line: read only its head.
+                let mut head = Vec::new();
+                if let Ok(f) = fs::File::open(&vmm_stderr) {
+                    let _ =
+                        std::io::Read::read_to_end(&mut std::io::Read::take(f, 4096), &mut head);
+                }
+                vm.report_jail(&String::from_utf8_lossy(&head));
             }
             LaunchMode::NestedLane(_) => {
                 let mut cfg =
