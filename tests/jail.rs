@@ -420,13 +420,6 @@ fn runs_the_vmm_as_an_unprivileged_user_when_the_spec_names_one() {
         "{status}"
     );
     assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
-    // Not dumpable (voidbox-vmm sets it after exec): its /proc files belong to root.
-    let environ = std::fs::metadata(format!("/proc/{vmm}/environ")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::MetadataExt::uid(&environ),
-        0,
-        "the VMM is dumpable"
-    );
     let limits = std::fs::read_to_string(format!("/proc/{vmm}/limits")).unwrap();
     assert!(limits.lines().any(|l| l.starts_with("Max processes")
         && l.contains(&s.spec.limits.pids_max.unwrap().to_string())));

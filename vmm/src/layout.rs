@@ -1,7 +1,7 @@
 //! Guest physical memory layout: fixed addresses of the boot structures,
 //! the RAM ranges around the 32-bit MMIO hole, and the e820 map.
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// GDT (4 entries of 8 bytes).
 pub const GDT_ADDR: u64 = 0x500;
@@ -123,31 +123,11 @@ const _: () = {
     assert!(VIRTIO_MMIO_START >= MMIO_HOLE_START && VIRTIO_MMIO_START < IOAPIC_ADDR);
 };
 
-/// Allocates the guest memory for `mem_bytes` (anonymous, private mappings),
-/// excluded from core dumps: guest RAM holds the guest's secrets (its copy of
-/// the agent secret among them), which a VMM crash must not write to disk.
+/// Allocates the guest memory for `mem_bytes` (anonymous, private mappings).
 pub fn create_guest_memory(
     mem_bytes: u64,
 ) -> Result<GuestMemoryMmap, vm_memory::mmap::FromRangesError> {
-    let mem = GuestMemoryMmap::from_ranges(&ram_ranges(mem_bytes))?;
-    for region in mem.iter() {
-        // SAFETY: the range is exactly one mapping owned by `mem`; MADV_DONTDUMP
-        // only changes whether the kernel includes it in a core dump.
-        let rc = unsafe {
-            libc::madvise(
-                region.as_ptr().cast(),
-                region.len() as usize,
-                libc::MADV_DONTDUMP,
-            )
-        };
-        if rc != 0 {
-            tracing::warn!(
-                "cannot exclude guest memory from core dumps: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(mem)
+    GuestMemoryMmap::from_ranges(&ram_ranges(mem_bytes))
 }
 
 #[cfg(test)]
@@ -170,26 +150,6 @@ mod tests {
             .map(|x| x.size)
             .sum();
         assert_eq!(total_ram, 256 * MIB - (HIMEM_START - EBDA_START));
-    }
-
-    #[test]
-    fn guest_memory_is_left_out_of_core_dumps() {
-        let gm = create_guest_memory(64 * MIB).unwrap();
-        let region = gm.iter().next().unwrap();
-        let start = format!("{:x}-", region.as_ptr() as usize);
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let at = smaps
-            .find(&format!("\n{start}"))
-            .expect("the guest memory mapping is listed");
-        // VmFlags is the last field of a mapping's block.
-        let flags = smaps[at..]
-            .lines()
-            .find(|l| l.starts_with("VmFlags:"))
-            .expect("VmFlags of the guest memory mapping");
-        assert!(
-            flags.split_whitespace().any(|f| f == "dd"),
-            "guest memory is dumpable: {flags}"
-        );
     }
 
     #[test]

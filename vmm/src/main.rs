@@ -134,15 +134,6 @@ fn main() -> ExitCode {
         .without_time()
         .init();
     let cli = Cli::parse();
-    // Not dumpable: no core file of guest memory (also MADV_DONTDUMP), and other
-    // processes of our uid cannot ptrace us or read our /proc files.
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) takes no pointers.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        eprintln!(
-            "voidbox-vmm: warning: cannot make the process non-dumpable: {}",
-            std::io::Error::last_os_error()
-        );
-    }
     if let Err(e) = seccomp(cli.seccomp) {
         eprintln!("voidbox-vmm: error: {e}");
         return ExitCode::from(exit_code::VMM_ERROR as u8);
