@@ -11,8 +11,8 @@ use voidbox_spec::{ApiVersion, Kind, Sandbox, Spec};
 use super::image::ResolveArgs;
 use super::printer::{HumanSink, JsonSink};
 use crate::runtime::cancel::Cancel;
+use crate::runtime::launch::LaunchOptions;
 use crate::runtime::session::{run_spec, RunContext};
-use crate::runtime::vm::LaunchOptions;
 use crate::runtime::{interactive, Event, EventSink, PullPolicy};
 
 /// Options about where the VM runs.

@@ -48,12 +48,12 @@ pub fn inspect(args: InspectArgs) -> Result<u8> {
     let spec = voidbox_spec::load_file(&args.file.file)?;
     let ctx = open_context(&args.resolve, PullPolicy::IfMissing, &LaunchArgs::default())?;
     let plan = ctx.plan(&spec)?;
-    let launch = crate::runtime::vm::choose_launch(&ctx.launch);
+    let launch = crate::runtime::launch::choose_launch(&ctx.launch);
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
         value["launcher"] = match &launch {
             Ok(mode) => {
-                serde_json::json!({"mode": mode.name(), "reason": match mode { crate::runtime::vm::LaunchMode::NestedLane(r) => r.clone(), _ => String::new() }})
+                serde_json::json!({"mode": mode.name(), "reason": match mode { crate::runtime::launch::LaunchMode::NestedLane(r) => r.clone(), _ => String::new() }})
             }
             Err(e) => serde_json::json!({"error": e.to_string()}),
         };

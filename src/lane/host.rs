@@ -86,6 +86,9 @@ pub struct Lane {
     info: ReadyInfo,
     l2_program: Vec<String>,
     relay_ports: u32,
+    /// Relay ports no VM holds, least recently released first: a port is
+    /// reused as late as possible.
+    free_relays: Mutex<std::collections::VecDeque<u32>>,
 }
 
 impl Lane {
@@ -330,6 +333,7 @@ impl Lane {
             info,
             l2_program: cfg.l2_program.clone(),
             relay_ports: cfg.relay_ports,
+            free_relays: Mutex::new((0..cfg.relay_ports).collect()),
         })
     }
 
@@ -351,6 +355,23 @@ impl Lane {
     /// Host Unix socket of relay port `n` (connect to it after [`Lane::start_relay`]).
     pub fn relay_socket(&self, n: u32) -> PathBuf {
         relay_path(self.work_dir(), n)
+    }
+
+    /// Takes a free relay port for one VM's connection, or None when every port
+    /// is held. Give it back with [`Lane::release_relay`] once its relay ended.
+    pub fn claim_relay(&self) -> Option<u32> {
+        self.free_relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+
+    /// Returns a port taken by [`Lane::claim_relay`].
+    pub fn release_relay(&self, n: u32) {
+        let mut free = self.free_relays.lock().unwrap_or_else(|e| e.into_inner());
+        if n < self.relay_ports && !free.contains(&n) {
+            free.push_back(n);
+        }
     }
 
     /// Starts a command inside L2 (chrooted into the host's `/`).

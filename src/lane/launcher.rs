@@ -69,6 +69,14 @@ impl Launcher {
         }
     }
 
+    /// `local` or `nested-lane`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Launcher::Local => "local",
+            Launcher::Lane(_) => "nested-lane",
+        }
+    }
+
     /// The lane, when commands go through one.
     pub fn lane(&self) -> Option<&Lane> {
         match self {

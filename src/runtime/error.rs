@@ -61,6 +61,9 @@ pub enum Error {
     /// Ctrl-C or SIGTERM.
     #[error("interrupted; the VM was stopped and its files removed")]
     Interrupted,
+    /// Past a capacity limit (sandboxes, memory, the lane's relay ports).
+    #[error("{0}")]
+    Capacity(String),
     /// Another host-side failure.
     #[error("{0}")]
     Host(String),
@@ -88,7 +91,7 @@ impl Error {
             Error::Timeout(_) => exit_code::TIMEOUT,
             Error::Refused(_) => exit_code::REFUSED,
             Error::Interrupted => exit_code::INTERRUPTED,
-            Error::Host(_) => exit_code::HOST,
+            Error::Host(_) | Error::Capacity(_) => exit_code::HOST,
         }
     }
 

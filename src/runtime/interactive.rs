@@ -1,18 +1,17 @@
 //! `voidbox exec` and `voidbox shell`: one command (or an interactive shell
 //! on a PTY) in a throwaway sandbox, stdio attached, exit code passed through.
 
+use nix::sys::termios::{self, SetArg, Termios};
 use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use nix::sys::termios::{self, SetArg, Termios};
 use voidbox_spec::Spec;
 
 use super::error::{Error, Result};
 use super::events::{Event, EventSink};
+use super::sandbox::{exec_error, ExecOptions, Sandbox};
 use super::session::RunContext;
 use super::workflow::{copy_inputs, copy_outputs};
-use crate::client::{Client, ClientError, ErrorCode, ExecRequest, ExitStatus, PtySize};
+use crate::client::{Client, ClientError, ExecRequest, ExitStatus, PtySize};
 
 /// Discards events: exec and shell print the command's own output only.
 struct Quiet;
@@ -21,56 +20,47 @@ impl EventSink for Quiet {
     fn emit(&mut self, _: Event) {}
 }
 
-fn exec_error(e: ClientError, what: &str) -> Error {
-    match e {
-        ClientError::Remote {
-            code: ErrorCode::CommandDenied,
-            message,
-        } => Error::Refused(format!("{what}: {message}")),
-        ClientError::Remote { message, .. } => Error::Refused(format!("{what}: {message}")),
-        other => Error::Host(format!("{what}: {other}")),
-    }
+/// Boots the spec's sandbox and copies its inputs in.
+fn open(ctx: &RunContext, spec: &Spec) -> Result<Sandbox> {
+    let plan = ctx.plan(spec)?;
+    let mode = ctx.launch_mode()?;
+    let sandbox = ctx.create_sandbox(plan, &mode)?;
+    copy_inputs(
+        sandbox.vm(),
+        sandbox.plan(),
+        &mut Quiet,
+        &ctx.cancel,
+        sandbox.deadline(),
+    )?;
+    Ok(sandbox)
+}
+
+/// Copies the outputs out and powers the sandbox off.
+fn close(ctx: &RunContext, sandbox: Sandbox, best_effort: bool) -> Result<()> {
+    copy_outputs(
+        sandbox.vm(),
+        sandbox.plan(),
+        &mut Quiet,
+        &ctx.cancel,
+        best_effort,
+    )?;
+    sandbox.stop()
 }
 
 /// Runs `argv` in the spec's sandbox, output streamed as it is produced.
 /// With `stdin` the host's stdin is streamed to the command as it is read.
 pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Result<i32> {
-    if let Some(allow) = &spec.sandbox.allow_commands {
-        if let Some(program) = argv.first() {
-            if !voidbox_spec::is_allowed(program, allow) {
-                return Err(Error::Refused(format!(
-                    "`{program}` is not in sandbox.allow_commands; add its absolute guest path to the list"
-                )));
-            }
-        }
-    }
-    let plan = ctx.plan(spec)?;
-    let mode = ctx.launch_mode()?;
-    let vm = ctx.boot(&plan, &mode)?;
-    copy_inputs(
-        &vm,
-        &plan,
-        &mut Quiet,
-        &ctx.cancel,
-        Instant::now() + Duration::from_secs(plan.timeout_secs),
-    )?;
-    let mut env = spec.sandbox.env.clone();
-    if let Some(rootfs) = &plan.rootfs {
-        for (k, v) in rootfs.image_env.iter().filter_map(|kv| kv.split_once('=')) {
-            env.entry(k.to_string()).or_insert_with(|| v.to_string());
-        }
-    }
-    let req = ExecRequest {
-        argv: argv.clone(),
-        env,
-        timeout_ms: Some(plan.timeout_secs * 1000),
+    let sandbox = open(ctx, spec)?;
+    let what = format!("`{}`", argv.join(" "));
+    let req = sandbox.exec_request(ExecOptions {
+        argv,
         stdin,
         ..Default::default()
-    };
-    let what = format!("`{}`", argv.join(" "));
+    });
+    let limit = req.timeout_ms.unwrap_or_default() / 1000;
     let host_stdin = stdin.then(std::io::stdin);
     let status = stream_exec(
-        vm.client(),
+        sandbox.client(),
         req,
         host_stdin,
         |d| {
@@ -89,18 +79,10 @@ pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Re
             exec_error(e, &what)
         }
     })?;
-    copy_outputs(
-        &vm,
-        &plan,
-        &mut Quiet,
-        &ctx.cancel,
-        status.shell_code() != 0,
-    )?;
-    vm.shutdown()?;
+    close(ctx, sandbox, status.shell_code() != 0)?;
     if status.timed_out {
         return Err(Error::Timeout(format!(
-            "{what} passed its limit of {} s (sandbox.timeout_secs)",
-            plan.timeout_secs
+            "{what} passed its limit of {limit} s (sandbox.timeout_secs)"
         )));
     }
     Ok(status.shell_code())
@@ -193,30 +175,18 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
             "voidbox shell needs a terminal on stdin; use `voidbox exec -- sh -c '...'` for scripts".into(),
         ));
     }
-    let plan = ctx.plan(spec)?;
-    let mode = ctx.launch_mode()?;
-    let vm = ctx.boot(&plan, &mode)?;
-    copy_inputs(
-        &vm,
-        &plan,
-        &mut Quiet,
-        &ctx.cancel,
-        Instant::now() + Duration::from_secs(plan.timeout_secs),
-    )?;
-    let mut env = spec.sandbox.env.clone();
-    env.insert(
-        "TERM".into(),
-        std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-    );
-    let req = ExecRequest {
+    let sandbox = open(ctx, spec)?;
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+    let req = sandbox.exec_request(ExecOptions {
         argv: vec!["/bin/sh".into()],
-        env,
+        env: [("TERM".to_string(), term)].into(),
         pty: Some(terminal_size()),
         stdin: true,
         ..Default::default()
-    };
+    });
     let handle = Arc::new(
-        vm.client()
+        sandbox
+            .client()
             .exec(req)
             .map_err(|e| exec_error(e, "the shell"))?,
     );
@@ -247,8 +217,7 @@ pub fn shell(ctx: &RunContext, spec: &Spec) -> Result<i32> {
         )
     };
     let status = status.map_err(|e| exec_error(e, "the shell"))?;
-    copy_outputs(&vm, &plan, &mut Quiet, &ctx.cancel, true)?;
-    vm.shutdown()?;
+    close(ctx, sandbox, true)?;
     Ok(status.shell_code())
 }
 

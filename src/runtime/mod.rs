@@ -6,7 +6,10 @@
 //! - [`rundir`]: the private run directory and console logs;
 //! - [`schedule`]: step order with `depends_on`;
 //! - [`files`]: packing inputs, unpacking outputs safely;
-//! - [`cancel`]: Ctrl-C handling.
+//! - [`cancel`]: Ctrl-C handling;
+//! - [`launch`]: local or nested lane, one launcher per process;
+//! - [`sandbox`]: one sandbox's lifecycle (create, exec, files, stop), used by
+//!   `run`, `exec`, `shell`, the daemon and the MCP server.
 
 pub mod cancel;
 pub mod error;
@@ -14,8 +17,10 @@ pub mod events;
 pub mod files;
 pub mod guest;
 pub mod interactive;
+pub mod launch;
 pub mod plan;
 pub mod rundir;
+pub mod sandbox;
 pub mod schedule;
 pub mod session;
 pub mod vm;

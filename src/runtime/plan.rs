@@ -93,6 +93,10 @@ pub struct Plan {
     pub max_output_mb: u64,
     /// `uid:gid` or `root`.
     pub user: String,
+    /// Every command's starting environment: the image config's, then the
+    /// sandbox's (steps add their own on top).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
     /// Command allowlist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_commands: Option<Vec<String>>,
@@ -272,6 +276,7 @@ impl Plan {
             timeout_secs: sandbox.timeout_secs,
             max_output_mb: sandbox.max_output_mb,
             user: sandbox.user.clone(),
+            env: merged_env(&image_env, &sandbox.env, &BTreeMap::new()),
             allow_commands: sandbox.allow_commands.clone(),
             inputs: sandbox.inputs.clone(),
             outputs: sandbox.outputs.clone(),

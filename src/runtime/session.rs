@@ -10,9 +10,10 @@ use voidbox_spec::{Kind, Spec};
 use super::cancel::Cancel;
 use super::error::{Error, Result};
 use super::events::{Event, EventSink};
+use super::launch::{choose_launch, lane_notice, LaneSizing, LaunchMode, LaunchOptions};
 use super::plan::{Plan, PlanContext};
 use super::rundir::voidbox_home;
-use super::vm::{choose_launch, lane_notice, LaunchMode, LaunchOptions, Vm};
+use super::sandbox::Sandbox;
 use super::workflow::{copy_inputs, copy_outputs, run_steps};
 
 /// Everything a run needs besides the spec.
@@ -69,9 +70,18 @@ impl RunContext {
         Ok(mode)
     }
 
-    /// Boots a planned VM.
-    pub fn boot(&self, plan: &Plan, mode: &LaunchMode) -> Result<Vm> {
-        Vm::start(plan, &self.home, mode, &self.launch, &self.cancel)
+    /// Boots one sandbox of a plan, starting what `mode` needs for it alone
+    /// (a lane sized for it, in the nested case).
+    pub fn create_sandbox(&self, plan: Plan, mode: &LaunchMode) -> Result<Sandbox> {
+        let launcher = mode.open(
+            &self.home,
+            LaneSizing::for_one(plan.memory_mb, plan.vcpus),
+            &self.launch,
+        )?;
+        if self.cancel.is_cancelled() {
+            return Err(Error::Interrupted);
+        }
+        Sandbox::create(plan, &self.home, &launcher, &self.launch, &self.cancel)
     }
 
     /// Home directory.
@@ -97,26 +107,27 @@ pub fn run_spec(ctx: &RunContext, spec: &Spec, sink: &mut dyn EventSink) -> Resu
         launcher: mode.name().to_string(),
     });
     let run_deadline = started + Duration::from_secs(plan.timeout_secs) + ctx.launch.boot_timeout;
-    let vm = ctx.boot(&plan, &mode)?;
+    let sandbox = ctx.create_sandbox(plan, &mode)?;
     sink.emit(Event::VmReady {
-        boot_ms: vm.boot_time.as_millis() as u64,
+        boot_ms: sandbox.boot_time().as_millis() as u64,
     });
     // The run's limit counts from the agent being ready.
-    let run_deadline = run_deadline.min(Instant::now() + Duration::from_secs(plan.timeout_secs));
-    let outcome = copy_inputs(&vm, &plan, sink, &ctx.cancel, run_deadline)
-        .and_then(|()| run_steps(&vm, &plan, sink, &ctx.cancel, run_deadline));
+    let run_deadline = run_deadline.min(sandbox.deadline());
+    let (vm, plan) = (sandbox.vm(), sandbox.plan());
+    let outcome = copy_inputs(vm, plan, sink, &ctx.cancel, run_deadline)
+        .and_then(|()| run_steps(vm, plan, sink, &ctx.cancel, run_deadline));
     let best_effort = !matches!(outcome, Ok(0));
     let copied = match &outcome {
         Err(Error::Interrupted) | Err(Error::Boot { .. }) => Ok(()),
-        _ => copy_outputs(&vm, &plan, sink, &ctx.cancel, best_effort),
+        _ => copy_outputs(vm, plan, sink, &ctx.cancel, best_effort),
     };
     let shutdown = if ctx.cancel.is_cancelled() {
-        // No polite shutdown after Ctrl-C: dropping the VM kills it at once
-        // and removes the run directory.
-        drop(vm);
+        // No polite shutdown after Ctrl-C: dropping the sandbox kills it at
+        // once and removes the run directory.
+        drop(sandbox);
         Ok(())
     } else {
-        vm.shutdown()
+        sandbox.stop()
     };
     let code = outcome?;
     copied?;

@@ -1,13 +1,13 @@
-//! Starting and stopping the VM of a plan: boot data and VMM config in the
+//! Starting and stopping the VM of a plan (where: [`super::launch`]): boot data and VMM config in the
 //! run directory, `voidbox-vmm` as a local child (hardware KVM) or inside the
 //! nested lane (otherwise), and the authenticated agent connection (direct
 //! vsock socket, or relayed over the lane's virtio-serial port).
 
 use std::fs;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use voidbox_guest_agent::boot_data::{BootData, Clock, DiskMount};
@@ -16,10 +16,11 @@ use voidbox_vmm::{DiskConfig, SerialOutput, VmConfig, VsockConfig};
 
 use super::cancel::{Cancel, HookGuard};
 use super::error::{Error, Result};
+use super::launch::{find_vmm, jailer, vmm_argv, write_private, LaunchOptions};
 use super::plan::Plan;
 use super::rundir::{console_log_path, log_tail, RunDir};
 use crate::client::{Client, ClientError, Secret, VSOCK_PORT};
-use crate::lane::{detect_host_kvm, CommandSpec, HostKvm, Lane, LaneConfig, LaneProcess};
+use crate::lane::{CommandSpec, LaneProcess, Launcher};
 
 /// Kernel command line of every guest. `initcall_blacklist=cmos_init` and
 /// `pci=off` skip probes that are slow under nesting and useless here.
@@ -27,132 +28,6 @@ pub const CMDLINE: &str = "console=ttyS0 reboot=k quiet initcall_blacklist=cmos_
 
 /// Console lines shown with a boot error.
 const TAIL_LINES: usize = 20;
-
-/// How to launch.
-#[derive(Debug, Clone)]
-pub struct LaunchOptions {
-    /// Refuse the nested lane (fail with the reason instead).
-    pub no_nested: bool,
-    /// Limit for launch → authenticated agent (lane start included).
-    pub boot_timeout: Duration,
-}
-
-impl Default for LaunchOptions {
-    fn default() -> Self {
-        let secs = std::env::var("VOIDBOX_BOOT_TIMEOUT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(180);
-        LaunchOptions {
-            no_nested: false,
-            boot_timeout: Duration::from_secs(secs),
-        }
-    }
-}
-
-/// Where the VM runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LaunchMode {
-    /// Local child on hardware KVM.
-    Local,
-    /// Inside the nested lane, for this reason.
-    NestedLane(String),
-}
-
-impl LaunchMode {
-    /// `local` or `nested-lane`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            LaunchMode::Local => "local",
-            LaunchMode::NestedLane(_) => "nested-lane",
-        }
-    }
-}
-
-/// Decides how to launch; with `no_nested` on a host that needs the lane,
-/// fails with the explanation.
-pub fn choose_launch(opts: &LaunchOptions) -> Result<LaunchMode> {
-    let forced = std::env::var_os("VOIDBOX_FORCE_LANE").is_some_and(|v| v == "1");
-    match detect_host_kvm() {
-        HostKvm::Hardware if !forced => Ok(LaunchMode::Local),
-        HostKvm::Hardware => Ok(LaunchMode::NestedLane("VOIDBOX_FORCE_LANE=1".into())),
-        HostKvm::Unusable(reason) if opts.no_nested => Err(Error::Launch(format!(
-            "{reason}, and --no-nested turned the nested lane off; {}",
-            lane_advice()
-        ))),
-        HostKvm::Unusable(reason) => Ok(LaunchMode::NestedLane(reason)),
-    }
-}
-
-fn lane_advice() -> &'static str {
-    "to boot VMs directly use a host with hardware KVM (vmx/svm), or point `sandbox.kernel` and `sandbox.initramfs` at a PVM-enabled guest kernel and a matching initramfs (untested)"
-}
-
-/// The once-per-run notice about the nested lane.
-pub fn lane_notice(reason: &str) -> String {
-    format!(
-        "voidbox: {reason}; running the VM inside the nested lane (QEMU TCG + KVM, slower to start). {}; --no-nested turns the lane off.",
-        capitalize(lane_advice())
-    )
-}
-
-fn capitalize(s: &str) -> String {
-    let mut c = s.chars();
-    c.next()
-        .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-        .unwrap_or_default()
-}
-
-/// The `voidbox-vmm` binary: `$VOIDBOX_VMM`, next to this executable, or on PATH.
-pub fn find_vmm() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VOIDBOX_VMM").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("voidbox-vmm"));
-            // Test binaries live in target/<profile>/deps/.
-            if let Some(up) = dir.parent() {
-                candidates.push(up.join("voidbox-vmm"));
-            }
-        }
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("voidbox-vmm")));
-    }
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        Error::Launch(
-            "voidbox-vmm was not found next to voidbox or on PATH; build it with `cargo build -p voidbox-vmm` (or set VOIDBOX_VMM)".into(),
-        )
-    })
-}
-
-/// This executable, for the lane's L2 side (`voidbox lane-l2 ...`) and the
-/// VMM jail (`voidbox vmm-jail ...`).
-fn self_exe() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("VOIDBOX_BIN").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let exe =
-        std::env::current_exe().map_err(|e| Error::host("cannot find the voidbox binary", e))?;
-    // Under `cargo test` the current exe is a test harness: use the built CLI.
-    if exe.file_name().is_some_and(|n| n == "voidbox") {
-        return Ok(exe);
-    }
-    let candidates = [
-        exe.parent().map(|d| d.join("voidbox")),
-        exe.parent()
-            .and_then(Path::parent)
-            .map(|d| d.join("voidbox")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Launch("the voidbox binary was not found for the nested lane; build it (`cargo build`) or set VOIDBOX_BIN".into()))
-}
-
 fn user_spec(plan: &Plan) -> UserSpec {
     let (uid, gid) = plan.user_ids();
     UserSpec { uid, gid }
@@ -209,19 +84,6 @@ pub fn vm_config(plan: &Plan, boot_archive: &Path, vsock_uds: &Path, console: &P
     cfg.serial = SerialOutput::File(console.to_path_buf());
     cfg
 }
-
-fn write_private(path: &Path, data: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))?;
-    f.write_all(data)
-        .map_err(|e| Error::host(format!("cannot write {}", path.display()), e))
-}
-
 /// L2 has a private `/run` (the host's `/tmp` is shared): a boot file there
 /// (outside the shared home) is linked or copied into the run directory, which L2 sees.
 fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Result<PathBuf> {
@@ -240,77 +102,15 @@ fn visible_in_lane(path: &Path, home: &Path, run_dir: &Path, name: &str) -> Resu
     }
     Ok(dest)
 }
-
-/// The jailer for a launch (the voidbox binary), or None to start the VMM
-/// unjailed: with `VOIDBOX_JAIL=off` (debugging), or locally when voidbox is
-/// not root (the jail needs root; said once on stderr, seccomp still holds).
-/// The lane's L2 always runs it as root.
-fn jailer(lane: bool) -> Result<Option<PathBuf>> {
-    if !crate::jail::enabled() {
-        return Ok(None);
-    }
-    // SAFETY: geteuid(2) has no preconditions.
-    if !lane && unsafe { libc::geteuid() } != 0 {
-        static WARNED: std::sync::Once = std::sync::Once::new();
-        WARNED.call_once(|| {
-            eprintln!(
-                "voidbox: not running as root, so the VMM starts without its jail (namespaces, private root, cgroup limits); its seccomp filters still apply. Run as root for the jail, or set VOIDBOX_JAIL=off to say you mean it."
-            )
-        });
-        return Ok(None);
-    }
-    Ok(Some(self_exe()?))
-}
-
-/// The command line that starts the VMM with config `cfg_path`. Jailed (with
-/// `jailer`, the voidbox binary): `voidbox vmm-jail --spec <run>/jail.json --
-/// voidbox-vmm --config <run>/vm.json`, after writing the jail spec derived from
-/// `cfg`; the jailer stops the VMM when voidbox (or, in the lane, the lane
-/// server) exits. Unjailed: `voidbox-vmm --exit-with-parent --config
-/// <run>/vm.json`. The same on both launch paths.
-fn vmm_argv(
-    vmm_bin: &Path,
-    cfg: &VmConfig,
-    cfg_path: &Path,
-    run_dir: &Path,
-    jailer: Option<&Path>,
-) -> Result<Vec<String>> {
-    let config = ["--config".to_string(), cfg_path.display().to_string()];
-    let Some(jailer) = jailer else {
-        let mut argv = vec![vmm_bin.display().to_string(), "--exit-with-parent".into()];
-        argv.extend(config);
-        return Ok(argv);
-    };
-    let spec = crate::jail::JailSpec::for_vm(cfg, run_dir, cfg_path);
-    let spec_path = run_dir.join("jail.json");
-    write_private(
-        &spec_path,
-        &serde_json::to_vec_pretty(&spec).expect("jail spec serializes"),
-    )?;
-    // The jailer wants an absolute VMM path (it is bound at that path in the jail).
-    let vmm_bin = fs::canonicalize(vmm_bin)
-        .map_err(|e| Error::host(format!("cannot find {}", vmm_bin.display()), e))?;
-    let mut argv = vec![
-        jailer.display().to_string(),
-        "vmm-jail".into(),
-        "--spec".into(),
-        spec_path.display().to_string(),
-        "--".into(),
-        vmm_bin.display().to_string(),
-    ];
-    argv.extend(config);
-    Ok(argv)
-}
-
 // One value per VM: the size difference between variants does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Vmm {
     Local(Child),
     Lane {
-        // Field order = drop order: processes before the lane that carries them.
         relay: LaneProcess,
         vmm: LaneProcess,
-        _lane: Box<Lane>,
+        /// The relay port this VM holds (given back when it is dropped).
+        port: u32,
     },
 }
 
@@ -319,6 +119,8 @@ enum Vmm {
 pub struct Vm {
     client: Option<Client>,
     vmm: Option<Vmm>,
+    /// Where the VMM runs; outlives it (a lane is shared by every VM of a daemon).
+    launcher: Arc<Launcher>,
     run_dir: Option<RunDir>,
     console: PathBuf,
     vmm_stderr: PathBuf,
@@ -328,11 +130,11 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Boots the plan's VM and connects to its agent.
+    /// Boots the plan's VM through `launcher` and connects to its agent.
     pub fn start(
         plan: &Plan,
         home: &Path,
-        mode: &LaunchMode,
+        launcher: &Arc<Launcher>,
         opts: &LaunchOptions,
         cancel: &Cancel,
     ) -> Result<Vm> {
@@ -347,6 +149,7 @@ impl Vm {
         let mut vm = Vm {
             client: None,
             vmm: None,
+            launcher: launcher.clone(),
             run_dir: Some(run_dir),
             console: console.clone(),
             vmm_stderr: vmm_stderr.clone(),
@@ -355,8 +158,8 @@ impl Vm {
         };
         let run_path = vm.run_path().to_path_buf();
         let deadline = started + opts.boot_timeout;
-        match mode {
-            LaunchMode::Local => {
+        match launcher.lane() {
+            None => {
                 let uds = run_path.join("vsock.sock");
                 let cfg = vm_config(plan, &boot_archive, &uds, &console);
                 let cfg_path = run_path.join("vm.json");
@@ -405,21 +208,15 @@ impl Vm {
                 }
                 vm.report_jail(&String::from_utf8_lossy(&head));
             }
-            LaunchMode::NestedLane(_) => {
-                let mut cfg =
-                    LaneConfig::new(vec![self_exe()?.display().to_string(), "lane-l2".into()]);
-                // The whole home (run dir, logs, disks, guest files) at the same
-                // path: L2's own /tmp and /run are private, so a home there
-                // would otherwise be invisible to the VMM.
-                cfg.shared_dirs = vec![home.to_path_buf()];
-                cfg.mem_mib = (plan.memory_mb + 768).max(1536);
-                cfg.smp = plan.vcpus.clamp(1, 2);
-                cfg.start_timeout = opts.boot_timeout;
-                let lane = Lane::start(cfg)
-                    .map_err(|e| Error::Launch(format!("the nested lane did not start: {e}")))?;
+            Some(lane) => {
                 if cancel.is_cancelled() {
                     return Err(Error::Interrupted);
                 }
+                let Some(port) = lane.claim_relay() else {
+                    return Err(Error::Capacity(
+                        "every relay port of the nested lane is taken (one per running VM); stop a sandbox first".into(),
+                    ));
+                };
                 // Unix sockets cannot live on the 9p share: the VMM's goes in L2's /run.
                 let name = run_path
                     .file_name()
@@ -433,39 +230,44 @@ impl Vm {
                     PathBuf::from(format!("/run/{name}.vsock"))
                 };
                 let mut lane_plan = plan.clone();
-                lane_plan.guest.kernel =
-                    visible_in_lane(&plan.guest.kernel, home, &run_path, "kernel")?;
-                lane_plan.guest.initramfs =
-                    visible_in_lane(&plan.guest.initramfs, home, &run_path, "initramfs")?;
-                let cfg = vm_config(&lane_plan, &boot_archive, &l2_uds, &console);
-                let cfg_path = run_path.join("vm.json");
-                write_private(
-                    &cfg_path,
-                    &serde_json::to_vec_pretty(&cfg).expect("config serializes"),
-                )?;
-                let vmm = lane
-                    .spawn(&CommandSpec::new(vmm_argv(
-                        &vmm_bin,
-                        &cfg,
+                let visible = |p: &Path, n: &str| visible_in_lane(p, home, &run_path, n);
+                let spawned = (|| {
+                    lane_plan.guest.kernel = visible(&plan.guest.kernel, "kernel")?;
+                    lane_plan.guest.initramfs = visible(&plan.guest.initramfs, "initramfs")?;
+                    let cfg = vm_config(&lane_plan, &boot_archive, &l2_uds, &console);
+                    let cfg_path = run_path.join("vm.json");
+                    write_private(
                         &cfg_path,
-                        &run_path,
-                        lane_jailer.as_deref(),
-                    )?))
-                    .map_err(|e| {
-                        Error::Launch(format!("cannot start the VMM in the nested lane: {e}"))
-                    })?;
-                let left = deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_secs(5));
-                let relay = lane
-                    .start_relay(0, &l2_uds, VSOCK_PORT, left)
-                    .map_err(|e| Error::Launch(format!("cannot start the vsock relay: {e}")))?;
-                let relay_sock = lane.relay_socket(0);
-                vm.vmm = Some(Vmm::Lane {
-                    relay,
-                    vmm,
-                    _lane: Box::new(lane),
-                });
+                        &serde_json::to_vec_pretty(&cfg).expect("config serializes"),
+                    )?;
+                    let vmm = lane
+                        .spawn(&CommandSpec::new(vmm_argv(
+                            &vmm_bin,
+                            &cfg,
+                            &cfg_path,
+                            &run_path,
+                            lane_jailer.as_deref(),
+                        )?))
+                        .map_err(|e| {
+                            Error::Launch(format!("cannot start the VMM in the nested lane: {e}"))
+                        })?;
+                    let left = deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_secs(5));
+                    let relay = lane
+                        .start_relay(port, &l2_uds, VSOCK_PORT, left)
+                        .map_err(|e| Error::Launch(format!("cannot start the vsock relay: {e}")))?;
+                    Ok((vmm, relay))
+                })();
+                let (vmm, relay) = match spawned {
+                    Ok(v) => v,
+                    Err(e) => {
+                        lane.release_relay(port);
+                        return Err(e);
+                    }
+                };
+                let relay_sock = lane.relay_socket(port);
+                vm.vmm = Some(Vmm::Lane { relay, vmm, port });
                 vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
                 if let Some(Vmm::Lane { vmm, .. }) = &vm.vmm {
                     let said = String::from_utf8_lossy(vmm.stderr_so_far()).into_owned();
@@ -644,6 +446,21 @@ impl Vm {
         }
     }
 
+    /// Kills the VMM (if still running) and gives back what it held.
+    fn release(&mut self) {
+        self.kill();
+        if let (Some(Vmm::Lane { port, .. }), Some(lane)) = (self.vmm.take(), self.launcher.lane())
+        {
+            lane.release_relay(port);
+        }
+        self.vmm = None;
+    }
+
+    /// Whether the VM is still running (its VMM has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.vmm.is_some() && self.vmm_exited().is_none()
+    }
+
     /// Asks the guest to power off, waits for the VMM to exit (killing it
     /// after a grace period) and removes the run directory.
     pub fn shutdown(mut self) -> Result<()> {
@@ -673,8 +490,7 @@ impl Vm {
         while self.vmm_exited().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.kill();
-        self.vmm = None;
+        self.release();
         if let Some(dir) = self.run_dir.take() {
             dir.remove()?;
         }
@@ -687,53 +503,7 @@ impl Drop for Vm {
         if let Some(client) = self.client.take() {
             client.close();
         }
-        self.kill();
-        self.vmm = None;
+        self.release();
         // RunDir's own drop removes the directory.
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_vmm_starts_through_the_jail_with_a_spec_next_to_vm_json() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = dir.path();
-        let vmm = run.join("voidbox-vmm");
-        fs::write(&vmm, b"").unwrap();
-        let mut cfg = VmConfig::new(run.join("k"));
-        cfg.vsock = Some(VsockConfig {
-            uds_path: run.join("vsock.sock"),
-            guest_cid: 3,
-        });
-        let cfg_path = run.join("vm.json");
-        let jailer = run.join("voidbox");
-        let argv = vmm_argv(&vmm, &cfg, &cfg_path, run, Some(&jailer)).unwrap();
-        assert_eq!(argv[0], jailer.display().to_string());
-        assert_eq!(
-            argv[1..5],
-            [
-                "vmm-jail",
-                "--spec",
-                &run.join("jail.json").display().to_string(),
-                "--"
-            ]
-        );
-        assert_eq!(
-            argv[5..],
-            [
-                vmm.display().to_string(),
-                "--config".into(),
-                cfg_path.display().to_string()
-            ]
-        );
-        assert!(!argv.iter().any(|a| a == "--exit-with-parent"));
-        let spec = crate::jail::JailSpec::load(&run.join("jail.json")).unwrap();
-        assert_eq!(spec, crate::jail::JailSpec::for_vm(&cfg, run, &cfg_path));
-        // Unjailed: the VMM watches its parent itself.
-        let argv = vmm_argv(&vmm, &cfg, &cfg_path, run, None).unwrap();
-        assert_eq!(argv[1], "--exit-with-parent");
     }
 }
