@@ -10,3 +10,4 @@ pub mod lane;
 pub mod logtail;
 pub mod ownerlock;
 pub mod runtime;
+pub mod service;

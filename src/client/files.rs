@@ -279,6 +279,25 @@ impl Client {
         })
     }
 
+    /// Unpacks the tar stream `tar` into the guest directory `path` (created
+    /// if missing), within `limits`. The agent applies the same rules as to
+    /// [`Client::put_dir`] (no escapes, no device nodes, owner set).
+    pub fn put_tar_with(
+        &self,
+        path: &str,
+        tar: &mut dyn Read,
+        owner: Option<UserSpec>,
+        limits: TransferLimits,
+    ) -> Result<(), ClientError> {
+        let req = PutRequest {
+            path: path.into(),
+            kind: FileKind::Dir,
+            mode: None,
+            owner,
+        };
+        self.put(req, limits, &mut |w| std::io::copy(tar, w).map(|_| ()))
+    }
+
     /// Streams the guest file or directory at `path` into `out` (a directory
     /// arrives as a tar stream) within the default [`TransferLimits`];
     /// returns what it was.

@@ -28,7 +28,8 @@ pub use exec::{ExecHandle, ExecOutput, ExecStdin};
 pub use files::TransferLimits;
 pub use voidbox_guest_agent::protocol::auth::Secret;
 pub use voidbox_guest_agent::protocol::{
-    ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize, UserSpec,
+    DirEntry, ErrorCode, ExecLimits, ExecRequest, ExitStatus, FileKind, FileStat, PtySize,
+    UserSpec, MAX_LIST_ENTRIES,
 };
 pub use voidbox_guest_agent::service::Transport;
 pub use voidbox_guest_agent::VSOCK_PORT;
@@ -40,6 +41,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use voidbox_guest_agent::protocol::Message;
+
+/// A directory listing from the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// Entries, sorted by name.
+    pub entries: Vec<DirEntry>,
+    /// Whether the directory had more.
+    pub truncated: bool,
+}
 
 /// Default time limit of short requests (ping, stat, shutdown).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -192,6 +202,27 @@ impl Client {
             Message::StatResult(s) => Ok(s),
             m => Err(ClientError::Protocol(format!(
                 "expected a stat result, got {m:?}"
+            ))),
+        }
+    }
+
+    /// Lists one level of a guest directory (entries not followed).
+    pub fn list(&self, path: &str) -> Result<Listing, ClientError> {
+        match self.request(
+            &Message::List { path: path.into() },
+            DEFAULT_REQUEST_TIMEOUT,
+        )? {
+            Message::ListResult { entries, truncated } => {
+                if entries.len() > MAX_LIST_ENTRIES {
+                    return Err(ClientError::Protocol(format!(
+                        "the guest listed {} entries, more than the {MAX_LIST_ENTRIES} allowed",
+                        entries.len()
+                    )));
+                }
+                Ok(Listing { entries, truncated })
+            }
+            m => Err(ClientError::Protocol(format!(
+                "expected a listing, got {m:?}"
             ))),
         }
     }

@@ -122,8 +122,15 @@ impl Sandbox {
     }
 
     /// Whether the VM still runs.
-    pub fn is_running(&mut self) -> bool {
+    pub fn is_running(&self) -> bool {
         self.vm.is_running()
+    }
+
+    /// Kills the VM now; whatever still uses the sandbox fails from here on,
+    /// and dropping it removes the run directory.
+    pub fn kill(&self) {
+        self.client().close();
+        self.vm.kill();
     }
 
     /// Powers the guest off (killing it after a grace period) and removes

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use voidbox_guest_agent::boot_data::{BootData, Clock, DiskMount};
@@ -118,7 +118,9 @@ enum Vmm {
 /// the VM and removes the run directory.
 pub struct Vm {
     client: Option<Client>,
-    vmm: Option<Vmm>,
+    /// Behind a lock so that `&Vm` can check and kill it (a daemon's execs
+    /// share a sandbox while another request destroys it).
+    vmm: Mutex<Option<Vmm>>,
     /// Where the VMM runs; outlives it (a lane is shared by every VM of a daemon).
     launcher: Arc<Launcher>,
     run_dir: Option<RunDir>,
@@ -148,7 +150,7 @@ impl Vm {
         let vmm_stderr = run_dir.path().join("vmm.stderr");
         let mut vm = Vm {
             client: None,
-            vmm: None,
+            vmm: Mutex::new(None),
             launcher: launcher.clone(),
             run_dir: Some(run_dir),
             console: console.clone(),
@@ -198,7 +200,7 @@ impl Vm {
                     // SAFETY: kill(2) on our own child's process group; no memory effects.
                     unsafe { libc::kill(-pid, libc::SIGKILL) };
                 }));
-                vm.vmm = Some(Vmm::Local(child));
+                *vm.vmm.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(Vmm::Local(child));
                 vm.connect_local(&uds, &secret, deadline, cancel)?;
                 // The jail's report is the log's first line: read only its head.
                 let mut head = Vec::new();
@@ -267,12 +269,16 @@ impl Vm {
                     }
                 };
                 let relay_sock = lane.relay_socket(port);
-                vm.vmm = Some(Vmm::Lane { relay, vmm, port });
+                *vm.vmm.get_mut().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Vmm::Lane { relay, vmm, port });
                 vm.connect_lane(&relay_sock, &secret, deadline, cancel)?;
-                if let Some(Vmm::Lane { vmm, .. }) = &vm.vmm {
-                    let said = String::from_utf8_lossy(vmm.stderr_so_far()).into_owned();
-                    vm.report_jail(&said);
-                }
+                let said = match &*vm.vmm() {
+                    Some(Vmm::Lane { vmm, .. }) => {
+                        String::from_utf8_lossy(vmm.stderr_so_far()).into_owned()
+                    }
+                    _ => String::new(),
+                };
+                vm.report_jail(&said);
             }
         }
         vm.boot_time = started.elapsed();
@@ -318,8 +324,12 @@ impl Vm {
     }
 
     /// Whether the VMM has exited, and how.
-    fn vmm_exited(&mut self) -> Option<String> {
-        match self.vmm.as_mut()? {
+    fn vmm(&self) -> std::sync::MutexGuard<'_, Option<Vmm>> {
+        self.vmm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn vmm_exited(&self) -> Option<String> {
+        match self.vmm().as_mut()? {
             Vmm::Local(child) => match child.try_wait() {
                 Ok(Some(status)) => Some(status.to_string()),
                 _ => None,
@@ -431,8 +441,10 @@ impl Vm {
         }
     }
 
-    fn kill(&mut self) {
-        match self.vmm.as_mut() {
+    /// Kills the VMM now (if it still runs); the run directory goes when the
+    /// `Vm` is dropped.
+    pub fn kill(&self) {
+        match self.vmm().as_mut() {
             Some(Vmm::Local(child)) => {
                 // SAFETY: kill(2) on our own child's process group; no memory effects.
                 unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
@@ -449,16 +461,15 @@ impl Vm {
     /// Kills the VMM (if still running) and gives back what it held.
     fn release(&mut self) {
         self.kill();
-        if let (Some(Vmm::Lane { port, .. }), Some(lane)) = (self.vmm.take(), self.launcher.lane())
-        {
+        let vmm = self.vmm().take();
+        if let (Some(Vmm::Lane { port, .. }), Some(lane)) = (vmm, self.launcher.lane()) {
             lane.release_relay(port);
         }
-        self.vmm = None;
     }
 
     /// Whether the VM is still running (its VMM has not exited).
-    pub fn is_running(&mut self) -> bool {
-        self.vmm.is_some() && self.vmm_exited().is_none()
+    pub fn is_running(&self) -> bool {
+        self.vmm().is_some() && self.vmm_exited().is_none()
     }
 
     /// Asks the guest to power off, waits for the VMM to exit (killing it

@@ -149,6 +149,19 @@ pub struct FileStat {
     pub mtime: i64,
 }
 
+/// Most entries in one [`Message::ListResult`] (a frame holds at most 1 MiB;
+/// names are at most 255 bytes).
+pub const MAX_LIST_ENTRIES: usize = 2048;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// File name (lossy UTF-8).
+    pub name: String,
+    /// What it is, without following it.
+    pub stat: FileStat,
+}
+
 /// Machine-readable error class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -258,6 +271,18 @@ pub enum Message {
     },
     /// Guest → host: stat result.
     StatResult(FileStat),
+    /// List one level of a directory (entries are not followed).
+    List {
+        /// Absolute guest path under an allowed root.
+        path: String,
+    },
+    /// Guest → host: the entries, sorted by name, at most [`MAX_LIST_ENTRIES`].
+    ListResult {
+        /// The entries.
+        entries: Vec<DirEntry>,
+        /// Whether the directory had more.
+        truncated: bool,
+    },
     /// Guest → host: the request completed.
     Done,
     /// Guest → host: the request failed.

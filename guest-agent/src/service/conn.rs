@@ -250,6 +250,10 @@ impl Connection {
                 let reply = files::stat(&self.config, &path);
                 let _ = self.send_msg(id, &reply);
             }
+            Message::List { path } => {
+                let reply = files::list(&self.config, &path);
+                let _ = self.send_msg(id, &reply);
+            }
             Message::Shutdown => {
                 tracing::info!("shutdown requested");
                 let _ = self.send_msg(id, &Message::Done);

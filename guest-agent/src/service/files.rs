@@ -6,8 +6,8 @@ use super::resolve::{self, confine, io_error, FileError};
 use super::ServiceConfig;
 use crate::protocol::flow::{Pop, RecvQueue, SendWindow};
 use crate::protocol::{
-    Channel, ErrorCode, FileKind, FileStat, Frame, FrameKind, Message, PutRequest, UserSpec,
-    MAX_DATA_CHUNK,
+    Channel, DirEntry, ErrorCode, FileKind, FileStat, Frame, FrameKind, Message, PutRequest,
+    UserSpec, MAX_DATA_CHUNK, MAX_LIST_ENTRIES,
 };
 use std::ffi::OsStr;
 use std::fs::File;
@@ -42,6 +42,46 @@ pub(super) fn stat(cfg: &ServiceConfig, path: &str) -> Message {
     })();
     match r {
         Ok(s) => Message::StatResult(s),
+        Err((code, msg)) => Message::error(code, msg),
+    }
+}
+
+/// Lists one level of the directory `path`, sorted by name, without
+/// following links (the directory itself must not be reached through one).
+pub(super) fn list(cfg: &ServiceConfig, path: &str) -> Message {
+    let r = (|| -> Result<(Vec<DirEntry>, bool), FileError> {
+        let c = confine(&cfg.file_roots, path)?;
+        let dir = resolve::open_no_links(&c.root, &c.rel, libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(|e| io_error(path, "list", e))?;
+        let mut names: Vec<std::ffi::OsString> =
+            std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+                .and_then(|it| it.map(|e| e.map(|e| e.file_name())).collect())
+                .map_err(|e| io_error(path, "list", e))?;
+        names.sort();
+        let truncated = names.len() > MAX_LIST_ENTRIES;
+        names.truncate(MAX_LIST_ENTRIES);
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            // An entry removed meanwhile is just not listed.
+            let Ok(st) = resolve::stat_at(&dir, &name) else {
+                continue;
+            };
+            entries.push(DirEntry {
+                name: name.to_string_lossy().into_owned(),
+                stat: FileStat {
+                    kind: kind_of(st.st_mode),
+                    size: st.st_size as u64,
+                    mode: st.st_mode & 0o7777,
+                    uid: st.st_uid,
+                    gid: st.st_gid,
+                    mtime: st.st_mtime,
+                },
+            });
+        }
+        Ok((entries, truncated))
+    })();
+    match r {
+        Ok((entries, truncated)) => Message::ListResult { entries, truncated },
         Err((code, msg)) => Message::error(code, msg),
     }
 }
