@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod daemon;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jail;

@@ -39,6 +39,8 @@ pub enum Command {
     Exec(run::ExecArgs),
     /// Open an interactive shell in a throwaway sandbox.
     Shell(run::ShellArgs),
+    /// Keep sandboxes alive and serve them over an HTTP API (docs/api.md).
+    Serve(crate::daemon::ServeArgs),
     /// Manage the local image store.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -123,6 +125,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Inspect(args) => spec::inspect(args),
         Command::Exec(args) => run::exec(args),
         Command::Shell(args) => run::shell(args),
+        Command::Serve(args) => crate::daemon::main(args),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Schema => {

@@ -131,6 +131,11 @@ pub struct ExecResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
+    /// The process started (always the first event).
+    Started {
+        /// Its guest pid.
+        pid: u32,
+    },
     /// Output on stdout.
     Stdout {
         /// The bytes, encoded.

@@ -195,6 +195,10 @@ pub fn stream(
     let (handle, limit) = start(sb, &mut p)?;
     let handle = Arc::new(handle);
     let gone = AtomicBool::new(false);
+    if !emit(ExecEvent::Started { pid: handle.pid }) {
+        let _ = handle.kill();
+        return Ok(());
+    }
     let (mut out, mut err) = (Encoder::new(p.encoding), Encoder::new(p.encoding));
     let emit = std::cell::RefCell::new(&mut emit);
     let send = |e: ExecEvent| {
