@@ -9,6 +9,7 @@ pub mod fuzzing;
 pub mod jail;
 pub mod lane;
 pub mod logtail;
+pub mod mcp;
 pub mod ownerlock;
 pub mod runtime;
 pub mod service;

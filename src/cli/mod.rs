@@ -47,6 +47,8 @@ pub enum Command {
     /// Build or publish the guest image (kernel + initramfs).
     #[command(subcommand)]
     Guest(guest::GuestCommand),
+    /// Serve sandboxes to an MCP client over stdio.
+    Mcp(crate::mcp::McpArgs),
     /// Print the JSON Schema of spec files (for editors).
     Schema,
     /// Print version information.
@@ -128,6 +130,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Serve(args) => crate::daemon::main(args),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Guest(cmd) => guest::run(cmd),
+        Command::Mcp(args) => crate::mcp::main(args),
         Command::Schema => {
             print_ignoring_broken_pipe(&voidbox_spec::json_schema())?;
             Ok(0)
