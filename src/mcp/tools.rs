@@ -32,7 +32,8 @@ const INSTRUCTIONS: &str = "voidbox runs commands in disposable Linux microVMs. 
 sandbox_create to get a sandbox_id, then sandbox_exec to run shell commands in it, \
 sandbox_write_file / sandbox_read_file to move text files, and sandbox_destroy when done. \
 Commands run as an unprivileged user; /tmp is writable. A sandbox is isolated from the \
-host: it sees no host files. Sandboxes end with their lifetime, after 10 minutes unused, \
+host: it sees no host files and has no network, so bring what it needs in an image or \
+write it with sandbox_write_file. Sandboxes end with their lifetime, after 10 minutes unused, \
 or when this MCP session ends.";
 
 /// `sandbox_create` arguments.
@@ -212,9 +213,6 @@ pub struct SandboxTools {
     tool_router: ToolRouter<Self>,
 }
 
-/// A tool's outcome: a JSON answer, or the message of a tool error.
-type ToolResult<T> = std::result::Result<Json<T>, String>;
-
 impl SandboxTools {
     /// The tools over `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
@@ -246,15 +244,15 @@ impl SandboxTools {
 impl SandboxTools {
     #[tool(
         description = "Create a new isolated Linux sandbox (a microVM) and return its sandbox_id. \
-It boots in seconds. Commands run as an unprivileged user; /tmp is writable. \
-Give `image` (an OCI registry reference such as \"python:3.12-slim\") when you need a language \
-runtime or packages; without it the sandbox has only a busybox shell. Destroy sandboxes you no \
-longer need: the number at once is limited."
+It boots in seconds. Commands run as an unprivileged user; /tmp is writable; there is \
+no network inside. Give `image` (an OCI registry reference such as \"python:3.12-slim\") \
+when you need a language runtime or packages; without it the sandbox has only a busybox \
+shell. Destroy sandboxes you no longer need: the number at once is limited."
     )]
     async fn sandbox_create(
         &self,
         Parameters(args): Parameters<CreateArgs>,
-    ) -> ToolResult<Created> {
+    ) -> Result<Json<Created>, String> {
         let body = create_body(&args);
         let info = self.call(move |b| b.create(&body)).await?;
         tracing::info!(id = %info.id, "sandbox created for the MCP client");
@@ -277,7 +275,10 @@ with head, tail or grep). The command has no stdin and is killed after timeout_s
 carry over, so use cwd or `cd dir && ...`. A nonzero exit_code is a normal answer, not a \
 tool error."
     )]
-    async fn sandbox_exec(&self, Parameters(args): Parameters<ExecArgs>) -> ToolResult<Executed> {
+    async fn sandbox_exec(
+        &self,
+        Parameters(args): Parameters<ExecArgs>,
+    ) -> Result<Json<Executed>, String> {
         check_id(&args.sandbox_id)?;
         let body = exec_body(args.command, args.timeout_secs, args.cwd);
         let id = args.sandbox_id;
@@ -294,7 +295,7 @@ directories are created. For binary data, write base64 text and decode it with s
     async fn sandbox_write_file(
         &self,
         Parameters(args): Parameters<WriteFileArgs>,
-    ) -> ToolResult<Written> {
+    ) -> Result<Json<Written>, String> {
         check_id(&args.sandbox_id)?;
         check_path(&args.path)?;
         let bytes = args.content.len() as u64;
@@ -314,7 +315,7 @@ replaced). For larger files, or to search, use sandbox_exec with head, tail, gre
     async fn sandbox_read_file(
         &self,
         Parameters(args): Parameters<ReadFileArgs>,
-    ) -> ToolResult<FileRead> {
+    ) -> Result<Json<FileRead>, String> {
         check_id(&args.sandbox_id)?;
         check_path(&args.path)?;
         let (id, path) = (args.sandbox_id, args.path.clone());
@@ -337,7 +338,7 @@ replaced). For larger files, or to search, use sandbox_exec with head, tail, gre
 and when their lifetime ends.",
         annotations(read_only_hint = true)
     )]
-    async fn sandbox_list(&self) -> ToolResult<SandboxList> {
+    async fn sandbox_list(&self) -> Result<Json<SandboxList>, String> {
         let all = self.call(|b| b.list()).await?;
         Ok(Json(SandboxList {
             sandboxes: all.into_iter().map(listed).collect(),
@@ -352,7 +353,7 @@ you are done with it, or when it is dead.",
     async fn sandbox_destroy(
         &self,
         Parameters(args): Parameters<DestroyArgs>,
-    ) -> ToolResult<Destroyed> {
+    ) -> Result<Json<Destroyed>, String> {
         check_id(&args.sandbox_id)?;
         let id = args.sandbox_id.clone();
         self.call(move |b| b.destroy(&id)).await?;
@@ -659,6 +660,7 @@ mod tests {
                 t.name
             );
             assert_eq!(t.input_schema["type"], "object", "{}", t.name);
+            assert!(t.output_schema.is_some(), "{}", t.name);
         }
         let exec = tools.iter().find(|t| t.name == "sandbox_exec").unwrap();
         let required = exec.input_schema["required"].as_array().unwrap();
