@@ -5,10 +5,12 @@
 //! or on SIGTERM/SIGINT. Stdout carries the protocol: logs go to stderr.
 //!
 //! - [`backend`]: where the sandboxes live;
-//! - [`tools`]: the tools, their schemas and answers;
+//! - [`tools`]: the tools and what they do;
+//! - [`schema`]: their arguments and answers, with JSON Schemas;
 //! - [`text`]: output truncation and error wording for the model.
 
 pub mod backend;
+pub mod schema;
 pub mod text;
 pub mod tools;
 

@@ -1,7 +1,7 @@
-//! The six MCP tools: their argument schemas and descriptions (written for a
-//! model), and their answers. Each call runs on a blocking thread against a
-//! [`Backend`]; every failure, from bad arguments to a dead sandbox, is a tool
-//! error (`isError`) whose message says what to do next.
+//! The six MCP tools, with descriptions written for a model (their argument
+//! and answer types are in [`super::schema`]). Each call runs on a blocking
+//! thread against a [`Backend`]; every failure, from bad arguments to a dead
+//! sandbox, is a tool error (`isError`) whose message says what to do next.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -9,11 +9,13 @@ use std::sync::Arc;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
-use rmcp::schemars::JsonSchema;
 use rmcp::{tool, tool_handler, tool_router, Json, ServerHandler};
-use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
+use super::schema::{
+    CreateArgs, Created, DestroyArgs, Destroyed, ExecArgs, Executed, FileRead, Listed,
+    ReadFileArgs, SandboxList, WriteFileArgs, Written,
+};
 use super::text::{explain, truncate_middle, MAX_STREAM_BYTES};
 use crate::service::api::{ExecBody, ExecResult, SandboxInfo};
 use crate::service::{Result, ServiceError};
@@ -35,176 +37,6 @@ Commands run as an unprivileged user; /tmp is writable. A sandbox is isolated fr
 host: it sees no host files and has no network, so bring what it needs in an image or \
 write it with sandbox_write_file. Sandboxes end with their lifetime, after 10 minutes unused, \
 or when this MCP session ends.";
-
-/// `sandbox_create` arguments.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct CreateArgs {
-    /// OCI image to boot, by registry reference (e.g. "python:3.12-slim", "alpine:3.20"),
-    /// pulled on first use. Omit for the default guest: a minimal busybox userland.
-    pub image: Option<String>,
-    /// Guest memory in MiB (default 512, at least 64).
-    pub memory_mb: Option<u32>,
-    /// Virtual CPUs (default 1).
-    pub vcpus: Option<u32>,
-    /// The sandbox's lifetime in seconds, after which it is destroyed (default 3600).
-    pub timeout_secs: Option<u64>,
-}
-
-/// `sandbox_exec` arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct ExecArgs {
-    /// The sandbox, as returned by sandbox_create.
-    pub sandbox_id: String,
-    /// A shell command line, run with `/bin/sh -c` (pipes, redirections, `&&` and `;` work).
-    pub command: String,
-    /// Seconds before the command and its children are killed (default 300).
-    pub timeout_secs: Option<u64>,
-    /// Working directory: an absolute guest path (default: the sandbox's working directory).
-    pub cwd: Option<String>,
-}
-
-/// `sandbox_write_file` arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct WriteFileArgs {
-    /// The sandbox, as returned by sandbox_create.
-    pub sandbox_id: String,
-    /// Absolute guest path of the file, under a writable directory such as /tmp.
-    pub path: String,
-    /// The whole file as UTF-8 text (it replaces any existing file).
-    pub content: String,
-}
-
-/// `sandbox_read_file` arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct ReadFileArgs {
-    /// The sandbox, as returned by sandbox_create.
-    pub sandbox_id: String,
-    /// Absolute guest path of a regular file.
-    pub path: String,
-}
-
-/// `sandbox_destroy` arguments.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct DestroyArgs {
-    /// The sandbox to destroy.
-    pub sandbox_id: String,
-}
-
-/// `sandbox_create` answer.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct Created {
-    /// Names the sandbox in the other tools.
-    pub sandbox_id: String,
-    /// The image it booted (null: the default guest).
-    pub image: Option<String>,
-    /// Guest memory in MiB.
-    pub memory_mb: u32,
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// When its lifetime ends (RFC 3339, UTC).
-    pub expires_at: String,
-    /// It is destroyed after this many seconds unused.
-    pub idle_timeout_secs: u64,
-}
-
-/// `sandbox_exec` answer.
-#[derive(Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct Executed {
-    /// The exit code; null when a signal ended the command.
-    pub exit_code: Option<i32>,
-    /// Standard output (long output keeps its head and tail around a marker).
-    pub stdout: String,
-    /// Standard error (same truncation).
-    pub stderr: String,
-    /// The signal that ended the command.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// Whether timeout_secs passed and the command was killed.
-    #[serde(skip_serializing_if = "is_false")]
-    pub timed_out: bool,
-    /// Whether output was left out.
-    #[serde(skip_serializing_if = "is_false")]
-    pub truncated: bool,
-    /// Run time in milliseconds.
-    pub duration_ms: u64,
-}
-
-fn is_false(b: &bool) -> bool {
-    !b
-}
-
-/// `sandbox_write_file` answer.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct Written {
-    /// The file written.
-    pub path: String,
-    /// Its size in bytes.
-    pub bytes: u64,
-}
-
-/// `sandbox_read_file` answer.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct FileRead {
-    /// The file read.
-    pub path: String,
-    /// Its content as text (invalid UTF-8 bytes replaced by U+FFFD).
-    pub content: String,
-    /// Its size in bytes.
-    pub bytes: u64,
-}
-
-/// One sandbox of `sandbox_list`.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct Listed {
-    /// Names the sandbox in the other tools.
-    pub sandbox_id: String,
-    /// `running`, or `dead` (then `error` says why; destroy it).
-    pub state: String,
-    /// The image (null: the default guest).
-    pub image: Option<String>,
-    /// Guest memory in MiB.
-    pub memory_mb: u32,
-    /// Virtual CPUs.
-    pub vcpus: u32,
-    /// When it was created (RFC 3339, UTC).
-    pub created_at: String,
-    /// When its lifetime ends (RFC 3339, UTC).
-    pub expires_at: String,
-    /// Why it is dead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// `sandbox_list` answer.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct SandboxList {
-    /// Every sandbox, oldest first.
-    pub sandboxes: Vec<Listed>,
-}
-
-/// `sandbox_destroy` answer.
-#[derive(Debug, Serialize, JsonSchema)]
-#[schemars(crate = "rmcp::schemars")]
-pub struct Destroyed {
-    /// The sandbox destroyed.
-    pub sandbox_id: String,
-}
 
 /// The MCP server: the tools over one backend.
 #[derive(Clone)]
