@@ -3,6 +3,7 @@ mod guest;
 pub mod image;
 mod printer;
 mod run;
+mod sandbox;
 mod spec;
 
 use std::process::ExitCode;
@@ -41,6 +42,9 @@ pub enum Command {
     Shell(run::ShellArgs),
     /// Keep sandboxes alive and serve them over an HTTP API (docs/api.md).
     Serve(crate::daemon::ServeArgs),
+    /// Live sandboxes of a running daemon: create, ls, exec, cp, rm.
+    #[command(subcommand)]
+    Sandbox(sandbox::SandboxCommand),
     /// Manage the local image store.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -128,6 +132,7 @@ fn dispatch(command: Command) -> anyhow::Result<u8> {
         Command::Exec(args) => run::exec(args),
         Command::Shell(args) => run::shell(args),
         Command::Serve(args) => crate::daemon::main(args),
+        Command::Sandbox(cmd) => sandbox::run(cmd),
         Command::Image(cmd) => image::run(cmd).map(|()| 0),
         Command::Guest(cmd) => guest::run(cmd),
         Command::Mcp(args) => crate::mcp::main(args),

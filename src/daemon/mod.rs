@@ -3,9 +3,11 @@
 //! loopback TCP port with a bearer token.
 //!
 //! - [`routes`]: the endpoints over a [`crate::service::Manager`];
+//! - [`client`]: a blocking Rust client of the API;
 //! - [`endpoint`]: where it listens and where clients find it;
 //! - [`openapi`]: the OpenAPI document.
 
+pub mod client;
 pub mod endpoint;
 pub mod openapi;
 pub mod routes;

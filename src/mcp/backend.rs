@@ -185,6 +185,55 @@ impl Backend for Standalone {
     }
 }
 
+/// Sandboxes of a running `voidbox serve` (`voidbox mcp --daemon`): they
+/// outlive this server.
+pub struct Daemon {
+    client: crate::daemon::client::DaemonClient,
+}
+
+impl Daemon {
+    /// The daemon of `VOIDBOX_HOST` (or the default socket); fails when none answers.
+    pub fn connect() -> Result<Self> {
+        let client = crate::daemon::client::DaemonClient::from_env()?;
+        client.list()?;
+        Ok(Daemon { client })
+    }
+}
+
+impl Backend for Daemon {
+    fn create(&self, body: &serde_json::Value) -> Result<SandboxInfo> {
+        self.client.create(body)
+    }
+    fn list(&self) -> Result<Vec<SandboxInfo>> {
+        self.client.list()
+    }
+    fn destroy(&self, id: &str) -> Result<()> {
+        self.client.destroy(id)
+    }
+    fn exec(&self, id: &str, body: ExecBody) -> Result<ExecResult> {
+        self.client.exec(id, &body)
+    }
+    fn write_file(&self, id: &str, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+        let data = data.to_vec();
+        self.client
+            .write_file(id, path, mode, false, Box::new(std::io::Cursor::new(data)))
+    }
+    fn read_file(&self, id: &str, path: &str, out: &mut dyn Write) -> Result<()> {
+        let mut buf = Vec::new();
+        if self.client.read_file(id, path, &mut buf)? {
+            return Err(ServiceError::BadRequest(format!(
+                "{path} is a directory; list it with sandbox_exec (`ls -la {path}`)"
+            )));
+        }
+        out.write_all(&buf)
+            .map_err(|e| ServiceError::Internal(format!("writing {path}: {e}")))
+    }
+    fn standalone(&self) -> bool {
+        false
+    }
+    fn shutdown(&self) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

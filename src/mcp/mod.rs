@@ -68,12 +68,11 @@ pub fn standalone_config(args: &McpArgs) -> anyhow::Result<ServiceConfig> {
 /// Serves MCP on stdin/stdout until the client disconnects or a signal
 /// comes, then destroys the sandboxes. Exits 0 on a normal end.
 pub fn main(args: McpArgs) -> anyhow::Result<u8> {
-    if args.daemon {
-        anyhow::bail!(
-            "--daemon is not available in this build yet (it needs the daemon client); run `voidbox mcp` without --daemon for sandboxes of its own"
-        );
-    }
-    let backend: Arc<dyn Backend> = Arc::new(Standalone::new(standalone_config(&args)?));
+    let backend: Arc<dyn Backend> = if args.daemon {
+        Arc::new(backend::Daemon::connect().context("voidbox mcp --daemon")?)
+    } else {
+        Arc::new(Standalone::new(standalone_config(&args)?))
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("voidbox-mcp")
@@ -150,11 +149,9 @@ mod tests {
     }
 
     #[test]
-    fn daemon_mode_says_it_is_not_there_yet() {
-        let e = main(args(&["--daemon"])).unwrap_err().to_string();
-        assert!(
-            e.contains("--daemon") && e.contains("without --daemon"),
-            "{e}"
-        );
+    fn daemon_mode_needs_a_daemon() {
+        std::env::set_var("VOIDBOX_HOST", "unix:///nonexistent/voidbox-test/api.sock");
+        let e = format!("{:#}", main(args(&["--daemon"])).unwrap_err());
+        assert!(e.contains("voidbox serve"), "{e}");
     }
 }

@@ -197,6 +197,12 @@ impl Manager {
                 home.display()
             ))
         })?;
+        // What a daemon killed with SIGKILL left: its run directories (the
+        // lane's are swept when a lane starts; its VMMs and QEMU died with it).
+        let swept = crate::ownerlock::sweep_stale(&home.join("run"), "");
+        if swept > 0 {
+            tracing::info!("removed {swept} run directories left by a voidbox that died");
+        }
         let mode = choose_launch(&cfg.launch)?;
         if let LaunchMode::NestedLane(reason) = &mode {
             tracing::warn!("{reason}: every sandbox boots inside one nested lane");
