@@ -34,6 +34,8 @@ summary() {
 }
 trap summary EXIT
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+# What tests that drop to uid 65534 depend on, for reading a failed run.
+printf 'uid %s, umask %s, TMPDIR %s, checkout %s\n' "$(id -u)" "$(umask)" "${TMPDIR:-unset}" "$PWD"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
@@ -57,3 +59,15 @@ scripts/fuzz.sh --check-only
 step "cargo test --workspace"
 TEST_LOG=$(mktemp)
 cargo test --workspace --no-fail-fast -- --test-threads="${VOIDBOX_TEST_THREADS:-2}" 2>&1 | tee "$TEST_LOG"
+
+# The Python SDK (sdk/python) and the MCP server (tests/mcp, official Python MCP
+# client) against real daemons booting real VMs, one lane at a time, in a home of
+# their own with the guest image built from this tree.
+step "Python SDK and MCP tests (real VMs)"
+export VOIDBOX_BIN=$TARGET/release/voidbox
+export VOIDBOX_DEB_CACHE=${VOIDBOX_DEB_CACHE:-${VOIDBOX_HOME:-$HOME/.cache/voidbox}/debs}
+export VOIDBOX_HOME=$TARGET/py-home
+mkdir -p "$VOIDBOX_HOME"
+"$VOIDBOX_BIN" guest build
+sdk/python/run-tests.sh "$TARGET/sdk-venv"
+tests/mcp/run-tests.sh "$TARGET/mcp-venv"

@@ -92,6 +92,14 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- the daemon's log, last lines:");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -213,7 +221,7 @@ fn the_daemon_serves_live_sandboxes() {
             s.spawn(move || {
                 for k in 0..10 {
                     let n = t * 10 + k;
-                    let len = 1000 + n * 7919;
+                    let len = 1000 + n * 1999;
                     let ch = (b'a' + (n % 26) as u8) as char;
                     let id = &ids[n % ids.len()];
                     let r = c
@@ -371,11 +379,12 @@ fn the_daemon_serves_live_sandboxes() {
         ))
     ));
 
-    // 8. A large upload streams through in bounded daemon memory.
+    // 8. A large upload streams through in bounded daemon memory. The guest's
+    //    /tmp is in its RAM (256 MiB here), which bounds the size a test can use.
     let mb: usize = std::env::var("VOIDBOX_DAEMON_UPLOAD_MB")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(96);
     struct Pattern(usize, usize);
     impl Read for Pattern {
         fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -436,6 +445,39 @@ fn the_daemon_serves_live_sandboxes() {
     wait_until("both limits are enforced", Duration::from_secs(60), || {
         c.get(&short).is_err() && c.get(&idle).is_err()
     });
+
+    // 10b. The lane itself stops (as when L2's kernel panics): its sandboxes
+    //      are reported dead with the reason, and the next create starts a new lane.
+    if c.get(a).unwrap().launcher == "nested-lane" {
+        let (qemu, _) = processes_naming("voidbox_lane.work=")
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains("qemu-system"))
+            .expect("the daemon's lane is running");
+        // SAFETY: kill(2) on the lane's QEMU, a child of our child.
+        unsafe { libc::kill(qemu, libc::SIGKILL) };
+        wait_until(
+            "the stopped lane is noticed",
+            Duration::from_secs(60),
+            || match c.exec(a, &shell("true")) {
+                Err(ServiceError::SandboxDead(m)) => {
+                    assert!(m.contains("nested lane it ran in stopped"), "{m}");
+                    true
+                }
+                _ => false,
+            },
+        );
+        c.destroy(a).unwrap();
+        let fresh = c.create(&serde_json::json!({"memory_mb": 128})).unwrap().id;
+        assert_eq!(
+            c.exec(&fresh, &shell("echo again")).unwrap().stdout,
+            "again\n"
+        );
+        assert!(
+            daemon.log().contains("starting a new one"),
+            "{}",
+            daemon.log()
+        );
+    }
 
     // 11. SIGKILL: the VMs and the lane die with the daemon; the next daemon
     //     removes the run directories it left.

@@ -242,6 +242,25 @@ fn device_nodes_are_recorded_not_created_on_host() {
     assert_eq!(listing["/fifo"].mode, 0o010644);
 }
 
+/// A temporary directory uid 65534 can write to: mode 0777 whatever the
+/// umask, under a base whose every ancestor others may search (`$TMPDIR` may
+/// be private, as on a CI machine with umask 077).
+fn dir_for_nobody() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let searchable = |p: &std::path::Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    let bases = [std::env::temp_dir(), "/tmp".into(), "/dev/shm".into()];
+    let base = bases.iter().find(|b| searchable(b)).expect(
+        "no temporary directory uid 65534 can enter: $TMPDIR, /tmp and /dev/shm each have an \
+         ancestor without o+x; set TMPDIR to one that has",
+    );
+    let dir = tempfile::tempdir_in(base).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
 const UNPRIV_ENV: &str = "VOIDBOX_TEST_UNPRIVILEGED_HOME";
 
 /// Runs as `nobody` when re-executed by [`unprivileged_build_is_identical`].
@@ -263,14 +282,11 @@ fn unprivileged_build_is_identical() {
         eprintln!("skipping: needs root to switch to nobody (this run is already unprivileged)");
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        work.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let work = dir_for_nobody();
     let exe = work.path().join("test-bin");
     std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    // The copy keeps the build's mode, which a umask of 077 made 0700.
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let home = work.path().join("home");
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -282,6 +298,7 @@ fn unprivileged_build_is_identical() {
             "--test-threads=1",
         ])
         .env(UNPRIV_ENV, &home)
+        .env("TMPDIR", work.path())
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .current_dir(work.path())
         .output()

@@ -56,6 +56,46 @@ fn remove_cgroup_tree(p: &Path) {
     }
 }
 
+/// A temporary directory the workload (uid 65534) can enter: mode 0755
+/// whatever the umask, under a base whose every ancestor others may search
+/// (`$TMPDIR` or the checkout may be private, as on a CI machine with umask 077).
+pub(crate) fn workload_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let searchable = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    let bases = [std::env::temp_dir(), "/tmp".into(), "/dev/shm".into()];
+    let base = bases.iter().find(|b| searchable(b)).expect(
+        "no temporary directory uid 65534 can enter: $TMPDIR, /tmp and /dev/shm each have an \
+         ancestor without o+x; set TMPDIR to one that has",
+    );
+    let dir = tempfile::tempdir_in(base).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Whether this process is the child that runs one test alone.
+pub(crate) fn in_child(test: &str) -> bool {
+    if std::env::var_os("VOIDBOX_TEST_CHILD").is_some() {
+        return true;
+    }
+    // Memory readings (VmRSS, VmHWM) cover the whole process: measure in a
+    // child that runs only this test, so other tests do not count.
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env("VOIDBOX_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    false
+}
+
 /// An in-process agent service on a Unix socket pair, with a connected client
 /// (also used by the runtime's tests).
 pub(crate) struct Agent {
@@ -208,7 +248,7 @@ fn timeout_kills_the_whole_cgroup_including_setsid_children() {
 
 #[test]
 fn allowlist_compares_paths_without_following_the_last_symlink() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = workload_dir();
     let bin = std::fs::canonicalize(dir.path()).unwrap();
     // A symlink, not a copy: a copy written now could be ETXTBSY in a parallel fork.
     symlink("/bin/busybox", bin.join("busybox")).unwrap();
@@ -233,6 +273,10 @@ fn allowlist_compares_paths_without_following_the_last_symlink() {
 
 #[test]
 fn slow_reader_gets_every_byte_of_1gib_with_bounded_buffers() {
+    // RSS covers the whole process: other tests' allocations must not count.
+    if !in_child("client::tests::slow_reader_gets_every_byte_of_1gib_with_bounded_buffers") {
+        return;
+    }
     let a = agent_with(|_| {});
     let h = a
         .client

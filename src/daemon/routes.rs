@@ -148,7 +148,10 @@ fn wants_ndjson(headers: &HeaderMap) -> bool {
 /// An NDJSON answer fed by a blocking producer. The producer's first event
 /// decides the answer: an error before any event becomes an error status.
 async fn ndjson(
-    produce: impl FnOnce(&mut dyn FnMut(ExecEvent) -> bool, &dyn Fn() -> bool) -> crate::service::Result<()>
+    produce: impl FnOnce(
+            &mut dyn FnMut(ExecEvent) -> bool,
+            &(dyn Fn() -> bool + Sync),
+        ) -> crate::service::Result<()>
         + Send
         + 'static,
 ) -> ApiResult<Response> {
@@ -215,7 +218,7 @@ async fn exec(
         return Ok(json_answer(StatusCode::ACCEPTED, &ExecStarted { exec_id }));
     }
     if wants_ndjson(&headers) {
-        return ndjson(move |emit, _| m.exec_stream(&id, body, emit)).await;
+        return ndjson(move |emit, wanted| m.exec_stream(&id, body, emit, wanted)).await;
     }
     let result = blocking(move || m.exec(&id, body)).await?;
     Ok(json_answer(StatusCode::OK, &result))
@@ -420,9 +423,15 @@ async fn files_get(
     let content_type = match kind {
         FileKind::Dir => "application/x-tar",
         FileKind::File => "application/octet-stream",
+        FileKind::Symlink => {
+            return Err(ServiceError::PathDenied(format!(
+                "`{path}` is a symbolic link: links are not followed out of the guest; read its target's path instead"
+            ))
+            .into())
+        }
         _ => {
             return Err(bad(format!(
-                "`{path}` is neither a file nor a directory (links are not followed)"
+                "`{path}` is neither a file nor a directory (a device, socket or FIFO cannot be read)"
             )))
         }
     };

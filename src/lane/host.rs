@@ -337,6 +337,28 @@ impl Lane {
         })
     }
 
+    /// Why the lane is gone, once QEMU has exited (reaped here): its exit
+    /// status and the L2 console's last kernel complaint, if any. `None`
+    /// while it runs.
+    pub fn stopped(&self) -> Option<String> {
+        let status = {
+            let mut q = self.qemu.lock().unwrap_or_else(|e| e.into_inner());
+            match q.try_wait() {
+                Ok(Some(st)) => st,
+                Ok(None) => return None,
+                Err(e) => return Some(format!("its QEMU cannot be waited for: {e}")),
+            }
+        };
+        let tail = tail_lines(&self.shared.console, 60);
+        let why = tail
+            .lines()
+            .rev()
+            .find(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops"))
+            .map(|l| format!("; L2's kernel said: {}", l.trim()))
+            .unwrap_or_default();
+        Some(format!("its QEMU exited ({status}){why}"))
+    }
+
     /// What the L2 server reported at start.
     pub fn info(&self) -> &ReadyInfo {
         &self.info

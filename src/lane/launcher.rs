@@ -77,6 +77,12 @@ impl Launcher {
         }
     }
 
+    /// Why this launcher can launch nothing more (its lane stopped); `None`
+    /// while it works. A local launcher never stops.
+    pub fn stopped(&self) -> Option<String> {
+        self.lane().and_then(Lane::stopped)
+    }
+
     /// The lane, when commands go through one.
     pub fn lane(&self) -> Option<&Lane> {
         match self {

@@ -47,9 +47,24 @@ fn close(ctx: &RunContext, sandbox: Sandbox, best_effort: bool) -> Result<()> {
     sandbox.stop()
 }
 
+/// A command the spec's allowlist cannot let through is refused before a VM
+/// boots (the agent enforces the same list; this only saves the boot).
+fn refuse_before_boot(spec: &Spec, argv: &[String]) -> Result<()> {
+    let (Some(allow), Some(program)) = (&spec.sandbox.allow_commands, argv.first()) else {
+        return Ok(());
+    };
+    if voidbox_spec::is_allowed(program, allow) {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "`{program}` is not in sandbox.allow_commands; add its absolute guest path to the list"
+    )))
+}
+
 /// Runs `argv` in the spec's sandbox, output streamed as it is produced.
 /// With `stdin` the host's stdin is streamed to the command as it is read.
 pub fn exec(ctx: &RunContext, spec: &Spec, argv: Vec<String>, stdin: bool) -> Result<i32> {
+    refuse_before_boot(spec, &argv)?;
     let sandbox = open(ctx, spec)?;
     let what = format!("`{}`", argv.join(" "));
     let req = sandbox.exec_request(ExecOptions {

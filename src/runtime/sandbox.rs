@@ -126,6 +126,11 @@ impl Sandbox {
         self.vm.is_running()
     }
 
+    /// Why the sandbox stopped when it is no longer running (see [`Vm::why_stopped`]).
+    pub fn why_stopped(&self) -> String {
+        self.vm.why_stopped()
+    }
+
     /// Kills the VM now; whatever still uses the sandbox fails from here on,
     /// and dropping it removes the run directory.
     pub fn kill(&self) {

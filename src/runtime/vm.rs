@@ -467,6 +467,18 @@ impl Vm {
         }
     }
 
+    /// Why a VM that is no longer running stopped, for an error message: its
+    /// lane stopped, or its VMM exited (with where to read its console).
+    pub fn why_stopped(&self) -> String {
+        match self.launcher.stopped() {
+            Some(why) => format!("the nested lane it ran in stopped: {why}"),
+            None => format!(
+                "its VM stopped unexpectedly; its console log is {}",
+                self.console.display()
+            ),
+        }
+    }
+
     /// Whether the VM is still running (its VMM has not exited).
     pub fn is_running(&self) -> bool {
         self.vmm().is_some() && self.vmm_exited().is_none()

@@ -429,9 +429,8 @@ mod tests {
     #[test]
     fn step_with_stdin_streams_output_while_it_runs() {
         let a = agent_with(|_| {});
-        let dir = tempfile::tempdir().unwrap();
         // The workload runs as nobody: let it see the marker.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::client::tests::workload_dir();
         let marker = dir.path().join("seen");
         let script = format!(
             "echo started; while [ ! -e {} ]; do sleep 0.05; done; cat",
@@ -485,33 +484,12 @@ mod tests {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    /// Whether this process is the child that runs one test alone.
-    fn in_child(test: &str) -> bool {
-        if std::env::var_os("VOIDBOX_TEST_CHILD").is_some() {
-            return true;
-        }
-        // Peak memory (VmHWM) covers the whole process: measure it in a
-        // child that runs only this test, so other tests do not count.
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([test, "--exact", "--nocapture", "--test-threads=1"])
-            .env("VOIDBOX_TEST_CHILD", "1")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success() && text.contains("1 passed"), "{text}");
-        false
-    }
-
     /// A root with one entry for the agent, readable by the workload.
     fn output_root() -> (tempfile::TempDir, std::path::PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::client::tests::workload_dir();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
         (dir, root)
     }
 
@@ -533,7 +511,7 @@ mod tests {
     /// left on disk.
     #[test]
     fn huge_sparse_output_is_refused_early_with_bounded_memory() {
-        if !in_child(
+        if !crate::client::tests::in_child(
             "runtime::workflow::tests::huge_sparse_output_is_refused_early_with_bounded_memory",
         ) {
             return;

@@ -185,11 +185,13 @@ impl Encoder {
 }
 
 /// Runs to the end, handing each event to `emit` as output arrives. When
-/// `emit` returns false (the reader went away) the process is killed.
+/// `emit` returns false or `wanted` (asked twice a second) says the reader
+/// went away, the process is killed.
 pub fn stream(
     sb: &Sandbox,
     mut p: Prepared,
     mut emit: impl FnMut(ExecEvent) -> bool,
+    wanted: &(dyn Fn() -> bool + Sync),
 ) -> Result<()> {
     let started = Instant::now();
     let (handle, limit) = start(sb, &mut p)?;
@@ -214,19 +216,34 @@ pub fn stream(
             });
         }
     };
-    let r = handle.wait_keep_stdin(
-        |d| {
-            if let Some(data) = out.chunk(d) {
-                send(ExecEvent::Stdout { data });
+    let ended = AtomicBool::new(false);
+    let r = std::thread::scope(|scope| {
+        // A silent process never calls `emit`: watch for the reader going away.
+        scope.spawn(|| {
+            while !ended.load(Ordering::SeqCst) {
+                if !wanted() {
+                    let _ = handle.kill();
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(500));
             }
-        },
-        |d| {
-            if let Some(data) = err.chunk(d) {
-                send(ExecEvent::Stderr { data });
-            }
-        },
-        Some(limit + HOST_GRACE),
-    );
+        });
+        let r = handle.wait_keep_stdin(
+            |d| {
+                if let Some(data) = out.chunk(d) {
+                    send(ExecEvent::Stdout { data });
+                }
+            },
+            |d| {
+                if let Some(data) = err.chunk(d) {
+                    send(ExecEvent::Stderr { data });
+                }
+            },
+            Some(limit + HOST_GRACE),
+        );
+        ended.store(true, Ordering::SeqCst);
+        r
+    });
     if let Some(data) = out.finish() {
         send(ExecEvent::Stdout { data });
     }

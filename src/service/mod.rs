@@ -80,7 +80,10 @@ struct Inner {
     cfg: ServiceConfig,
     home: PathBuf,
     store: Store,
-    launcher: Arc<Launcher>,
+    /// Replaced by a new one (same mode and sizing) when its lane stops.
+    launcher: Mutex<Arc<Launcher>>,
+    launch_mode: LaunchMode,
+    lane_sizing: LaneSizing,
     table: Mutex<Table>,
     /// One VM boots at a time: creates queue here.
     boot: Mutex<()>,
@@ -136,6 +139,15 @@ impl Entry {
 
     /// Kills the VM; the entry stays (dead) when `why` is given.
     fn kill(&self, why: Option<String>) {
+        // Marked first: a request that finds the sandbox gone meanwhile
+        // reports it dead, and so does `get`.
+        if let Some(why) = why {
+            let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
+            if info.state != "dead" {
+                info.state = "dead".into();
+                info.error = Some(why);
+            }
+        }
         let sb = self
             .sandbox
             .lock()
@@ -144,11 +156,6 @@ impl Entry {
         if let Some(sb) = sb {
             sb.kill();
             // The last user's drop removes the run directory.
-        }
-        if let Some(why) = why {
-            let mut info = self.info.lock().unwrap_or_else(|e| e.into_inner());
-            info.state = "dead".into();
-            info.error = Some(why);
         }
     }
 }
@@ -213,7 +220,9 @@ impl Manager {
             cfg,
             home,
             store,
-            launcher,
+            launcher: Mutex::new(launcher),
+            launch_mode: mode,
+            lane_sizing: sizing,
             table: Mutex::default(),
             boot: Mutex::new(()),
             closing: AtomicBool::new(false),
@@ -228,7 +237,7 @@ impl Manager {
 
     /// `local` or `nested-lane`.
     pub fn launcher_name(&self) -> &'static str {
-        self.inner.launcher.name()
+        self.inner.launch_mode.name()
     }
 
     /// The limits.
@@ -292,10 +301,11 @@ impl Manager {
             if self.inner.closing.load(Ordering::SeqCst) {
                 return Err(closing());
             }
+            let launcher = self.inner.working_launcher()?;
             Sandbox::create(
                 plan,
                 &self.inner.home,
-                &self.inner.launcher,
+                &launcher,
                 &self.inner.cfg.launch,
                 &Cancel::default(),
             )
@@ -352,11 +362,10 @@ impl Manager {
         entry.touch();
         match entry.sandbox() {
             Some(sb) if sb.is_running() => Ok((sb, busy)),
-            Some(_) => {
-                let why =
-                    "its VM stopped unexpectedly; its console log is under $VOIDBOX_HOME/logs";
-                entry.kill(Some(why.into()));
-                Err(dead(id, why))
+            Some(sb) => {
+                let why = sb.why_stopped();
+                entry.kill(Some(why.clone()));
+                Err(dead(id, &why))
             }
             None => Err(dead(
                 id,
@@ -372,10 +381,9 @@ impl Manager {
         };
         match entry.sandbox() {
             Some(sb) if !sb.is_running() => {
-                let why =
-                    "its VM stopped unexpectedly; its console log is under $VOIDBOX_HOME/logs";
-                entry.kill(Some(why.into()));
-                dead(id, why)
+                let why = sb.why_stopped();
+                entry.kill(Some(why.clone()));
+                dead(id, &why)
             }
             None => dead(
                 id,
@@ -387,9 +395,9 @@ impl Manager {
 
     /// One sandbox.
     pub fn get(&self, id: &str) -> Result<SandboxInfo> {
-        let e = self.entry(id)?;
-        e.touch();
-        Ok(e.info())
+        // Reading a sandbox's state is not using it: a client polling
+        // status does not hold off the idle limit.
+        Ok(self.entry(id)?.info())
     }
 
     /// Every sandbox, oldest first.
@@ -432,16 +440,18 @@ impl Manager {
     }
 
     /// Runs a command to its end, handing events to `emit` as they come; the
-    /// process is killed when `emit` returns false.
+    /// process is killed when `emit` returns false or `wanted` says the
+    /// reader went away.
     pub fn exec_stream(
         &self,
         id: &str,
         body: api::ExecBody,
         emit: impl FnMut(ExecEvent) -> bool,
+        wanted: &(dyn Fn() -> bool + Sync),
     ) -> Result<()> {
         let p = exec::prepare(body, false)?;
         let (sb, _busy) = self.use_sandbox(id)?;
-        exec::stream(&sb, p, emit).map_err(|e| self.check_dead(id, e))
+        exec::stream(&sb, p, emit, wanted).map_err(|e| self.check_dead(id, e))
     }
 
     /// Starts a background command; answers its exec id.
@@ -589,6 +599,40 @@ fn dead(id: &str, why: &str) -> ServiceError {
     ))
 }
 
+impl Inner {
+    /// The launcher for the next boot: when its lane has stopped (an L2
+    /// kernel panic, QEMU killed), a new lane of the same size replaces it;
+    /// the old one's sandboxes are reported dead by the reaper. The old
+    /// lane's console is kept in `$VOIDBOX_HOME/logs`.
+    fn working_launcher(&self) -> Result<Arc<Launcher>> {
+        let mut current = self.launcher.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(why) = current.stopped() else {
+            return Ok(current.clone());
+        };
+        let kept = self.home.join("logs").join(format!(
+            "lane-{}.console.log",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
+        ));
+        if let Some(lane) = current.lane() {
+            let _ = std::fs::create_dir_all(self.home.join("logs"));
+            let _ = std::fs::copy(lane.console_log(), &kept);
+        }
+        tracing::error!(
+            console = %kept.display(),
+            "the nested lane stopped: {why}; starting a new one"
+        );
+        let fresh = self
+            .launch_mode
+            .open(&self.home, self.lane_sizing, &self.cfg.launch)
+            .map_err(ServiceError::from_runtime)?;
+        *current = fresh.clone();
+        Ok(fresh)
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         let all: Vec<_> =
@@ -626,7 +670,7 @@ fn reap(inner: Weak<Inner>) {
                 } else if !busy && idle_for >= e.idle_timeout {
                     expired.push((id.clone(), "it was idle past idle_timeout_secs"));
                 } else if !sb.is_running() {
-                    died.push(e.clone());
+                    died.push((id.clone(), e.clone(), sb.why_stopped()));
                 }
             }
         }
@@ -642,10 +686,9 @@ fn reap(inner: Weak<Inner>) {
                 e.kill(None);
             }
         }
-        for e in died {
-            e.kill(Some(
-                "its VM stopped unexpectedly; its console log is under $VOIDBOX_HOME/logs".into(),
-            ));
+        for (id, e, why) in died {
+            tracing::warn!(%id, "sandbox dead: {why}");
+            e.kill(Some(why));
         }
         // Keep only the newest dead entries.
         let mut t = inner.table.lock().unwrap_or_else(|e| e.into_inner());

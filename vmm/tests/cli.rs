@@ -340,21 +340,46 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs the VMM as uid/gid 65534 without supplementary groups.
-fn vmm_as_nobody(args: &[&str]) -> Output {
+/// Runs a copy of the VMM as uid/gid 65534, without supplementary groups, from `dir` (one [`dir_for_nobody`]
+/// made): the checkout's target directory may be private.
+fn vmm_as_nobody(dir: &Path, args: &[&str]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = dir.join("voidbox-vmm");
+    if !exe.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_voidbox-vmm"), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_voidbox-vmm"))
+        .arg(&exe)
         .args(args)
         .output()
         .expect("run setpriv (util-linux)")
 }
 
+/// A temporary directory uid 65534 can enter: mode 0755 whatever the umask,
+/// under a base whose every ancestor others may search (`$TMPDIR` may be
+/// private, as on a CI machine with umask 077).
+fn dir_for_nobody() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let searchable = |p: &Path| {
+        p.ancestors()
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+    };
+    let bases = [std::env::temp_dir(), "/tmp".into(), "/dev/shm".into()];
+    let base = bases.iter().find(|b| searchable(b)).expect(
+        "no temporary directory uid 65534 can enter: $TMPDIR, /tmp and /dev/shm each have an \
+         ancestor without o+x; set TMPDIR to one that has",
+    );
+    let dir = tempfile::tempdir_in(base).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
 /// A directory uid 65534 can enter, holding a payload kernel with file mode `mode`.
 fn kernel_for_nobody(mode: u32) -> (tempfile::TempDir, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = dir_for_nobody();
     let k = elf_payload(dir.path(), "k.elf", &[0xf4]);
     std::fs::set_permissions(&k, std::fs::Permissions::from_mode(mode)).unwrap();
     (dir, k)
@@ -368,7 +393,7 @@ fn kvm_missing_or_denied_and_unreadable_kernel_say_how_to_fix() {
         );
         return;
     }
-    let (_dir, k) = kernel_for_nobody(0o644);
+    let (dir, k) = kernel_for_nobody(0o644);
     // /dev/kvm missing: a private mount namespace with an empty /dev.
     let o = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -386,7 +411,10 @@ fn kvm_missing_or_denied_and_unreadable_kernel_say_how_to_fix() {
         m.permissions().mode()
     });
     if kvm_mode.is_ok_and(|m| m & 0o006 == 0) {
-        let o = vmm_as_nobody(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+        let o = vmm_as_nobody(
+            dir.path(),
+            &["--kernel", k.to_str().unwrap(), "--serial", "off"],
+        );
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
         assert!(err.contains("permission denied opening /dev/kvm"), "{err}");
@@ -395,8 +423,11 @@ fn kvm_missing_or_denied_and_unreadable_kernel_say_how_to_fix() {
         eprintln!("/dev/kvm is open to everyone here: the permission case cannot be produced");
     }
     // An unreadable kernel is reported before KVM is touched.
-    let (_dir, k) = kernel_for_nobody(0o600);
-    let o = vmm_as_nobody(&["--kernel", k.to_str().unwrap(), "--serial", "off"]);
+    let (dir2, k) = kernel_for_nobody(0o600);
+    let o = vmm_as_nobody(
+        dir2.path(),
+        &["--kernel", k.to_str().unwrap(), "--serial", "off"],
+    );
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(exit_code::VMM_ERROR), "{err}");
     assert!(err.contains("cannot read kernel"), "{err}");
