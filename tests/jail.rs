@@ -88,6 +88,8 @@ struct Setup {
     run: PathBuf,
     cfg: VmConfig,
     spec: JailSpec,
+    /// The VMM binary the jail runs.
+    vmm: PathBuf,
 }
 
 impl Setup {
@@ -129,6 +131,7 @@ impl Setup {
             run,
             cfg,
             spec,
+            vmm: vmm_bin(),
         };
         s.write();
         s
@@ -160,7 +163,7 @@ impl Setup {
             .arg("--spec")
             .arg(self.run.join("jail.json"))
             .arg("--")
-            .arg(vmm_bin())
+            .arg(&self.vmm)
             .arg("--config")
             .arg(self.run.join("vm.json"));
         c
@@ -413,6 +416,10 @@ fn runs_the_vmm_as_an_unprivileged_user_when_the_spec_names_one() {
     // Shared files (kernel, disks) must be readable by the jail user.
     std::fs::set_permissions(s.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&s.cfg.disks[1].path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    // So must the VMM binary, which a private umask builds 0700.
+    s.vmm = s.dir.path().join("voidbox-vmm");
+    std::fs::copy(vmm_bin(), &s.vmm).unwrap();
+    std::fs::set_permissions(&s.vmm, std::fs::Permissions::from_mode(0o755)).unwrap();
     let (mut sh, _jailer, vmm) = start_under_shell(&s);
     let status = std::fs::read_to_string(format!("/proc/{vmm}/status")).unwrap();
     assert!(

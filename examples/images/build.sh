@@ -56,6 +56,9 @@ debian_image python python3
 if [ ! -d "$out/text-tools" ]; then
     mkdir -p "$work/text-tools"
     cp -a "$repo/examples/skills/text-tools/." "$work/text-tools/"
+    # An image's modes are its author's choice, not the checkout's umask: the
+    # workload runs as an unprivileged user and must be able to run these.
+    chmod -R u+rwX,go+rX,go-w "$work/text-tools"
     layout_from_rootfs text-tools v1 "$work/text-tools"
 fi
 [ "$voidbox" = --layouts-only ] && exit 0
